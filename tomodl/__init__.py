@@ -1,0 +1,34 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""tomodl: sparse-view synchrotron tomography with TomoPy-compatible FBP and deep-learning denoising.
+
+The public entry points are :func:`tomodl.recon` (a drop-in for ``tomopy.recon``),
+:func:`tomodl.tomopy_algorithm` (a callable for ``tomopy.recon(..., algorithm=f)``) and
+:func:`tomodl.read_dx`.  ``tomodl.recon`` is a function that deliberately shadows the
+``tomodl/recon/`` subpackage, as in TomoPy: inside the package always write
+``from tomodl.recon.fbp import fbp``.
+"""
+import logging
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from tomodl.io.dxchange import read_dx  # noqa: E402
+from tomodl.recon.api import recon, tomopy_algorithm  # noqa: E402
+
+
+def create_model(*args, **kwargs):
+    """Build a registered network; see :func:`tomodl.models.registry.create_model`."""
+    from tomodl.models.registry import create_model as _create
+
+    return _create(*args, **kwargs)
+
+
+def list_models():
+    """Names of the registered networks; see :func:`tomodl.models.registry.list_models`."""
+    from tomodl.models.registry import list_models as _list
+
+    return _list()
+
+
+__all__ = ["__version__", "recon", "tomopy_algorithm", "read_dx", "create_model", "list_models"]

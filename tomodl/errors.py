@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The package's own exception types.
+
+Every error a user can cause derives from :class:`TomodlError`, which is also a
+``ValueError`` so that ``except ValueError`` in existing scripts keeps working.  The CLI
+prints ``str(err)`` on one line and exits with code 2.  Messages name the file, the
+dataset and the fix.
+"""
+
+
+class TomodlError(ValueError):
+    """Base class of every error caused by input or arguments."""
+
+
+class ScanFileError(TomodlError):
+    """A scan file cannot be read: not HDF5, truncated, missing or malformed datasets."""
+
+
+class WeightsError(TomodlError):
+    """Model weights are missing, corrupt, or do not match the requested architecture."""
+
+
+class OutputError(TomodlError):
+    """An output cannot be written: exists without overwrite, would overwrite the input, no space."""
