@@ -17,6 +17,8 @@ from typing import Tuple
 
 import numpy as np
 
+from tomodl.metrics import circle_mask
+
 #: span below which a slice is treated as empty (avoids dividing by ~0 on air-only slices)
 MIN_SPAN = 1e-6
 
@@ -72,11 +74,7 @@ class Policy:
         x = np.asarray(slices, dtype=np.float32)
         flat = x.reshape((-1,) + x.shape[-2:])
         if self.circle:
-            h, w = flat.shape[-2:]
-            yy, xx = np.mgrid[:h, :w]
-            r = min(h, w) / 2.0
-            inside = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= r * r
-            vals = flat[:, inside]
+            vals = flat[:, circle_mask(flat.shape[-2:])]
         else:
             vals = flat.reshape(flat.shape[0], -1)
         lo, hi = np.percentile(vals, [self.low, self.high], axis=1).astype(np.float32)
