@@ -21,4 +21,8 @@ class WeightsError(TomodlError):
 
 
 class OutputError(TomodlError):
-    """An output cannot be written: exists without overwrite, would overwrite the input, no space."""
+    """An output cannot be written: exists (no overwrite), would replace the input, no space."""
+
+
+class SelectionError(TomodlError):
+    """A ``proj=`` / ``sino=`` range selects nothing or is malformed (step <= 0, not a range)."""

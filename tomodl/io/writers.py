@@ -1,0 +1,478 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Chunked, atomic, resumable volume writers (TIFF stack, HDF5, Zarr) with provenance.
+
+A writer fills a ``(n_slices, ny, nx)`` float32 volume block by block::
+
+    with open_writer("h5", "rec.h5", (n, N, N), provenance=prov, resume=True) as w:
+        for start, block in chunks:          # skip ranges already in w.done
+            w.write(start, block)
+    # on a clean exit the volume appears as rec.h5; after an exception or SIGKILL it stays
+    # in rec.h5.partial and a new writer with resume=True continues where it stopped
+
+Nothing appears under the final name before every slice is written: data go to
+``<final>.partial`` (a file for HDF5, a directory for TIFF and Zarr), the finished slice ranges
+are recorded in ``<final>.progress.json`` (replaced atomically after the data are flushed), and
+:meth:`VolumeWriter.finalize` renames the partial output to the final name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from tomodl.errors import OutputError
+from tomodl.io.atomic import (check_free_space, check_output_path, fsync_dir, jsonable,
+                              output_error, refuse_existing, remove_path, write_json_atomic)
+
+logger = logging.getLogger(__name__)
+
+#: Provenance keys that may differ between the run that started an output and the run that
+#: resumes it (everything else must match, or resuming is refused).
+RESUME_IGNORED_KEYS = frozenset({"command", "date", "time", "started", "hostname", "host",
+                                 "user", "pid", "elapsed"})
+Range = Tuple[int, int]
+
+
+def _merge(ranges: Iterable[Range]) -> List[Range]:
+    out: List[List[int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in ranges if b > a):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _version() -> str:
+    from tomodl import __version__
+
+    return __version__
+
+
+def _comparable(prov: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in jsonable(dict(prov)).items() if k not in RESUME_IGNORED_KEYS}
+
+
+class VolumeWriter:
+    """Base class: bookkeeping of finished slices, resume, finalize and abort.
+
+    Subclasses implement ``_create``, ``_reopen``, ``_write_block``, ``_sync``, ``_close`` and
+    ``_write_provenance`` for one format.  Use :func:`open_writer` to construct one.
+    """
+
+    fmt: ClassVar[str] = ""
+    is_dir: ClassVar[bool] = False
+
+    def __init__(self, out_path: Any, shape: Tuple[int, int, int], *, provenance: Mapping,
+                 overwrite: bool = False, resume: bool = False, inputs: Iterable[Any] = ()):
+        self.path = Path(out_path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.progress_path = self.path.with_name(self.path.name + ".progress.json")
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"shape must be 3 positive ints (n_slices, ny, nx), got {shape!r}")
+        self.provenance = {"tomodl_version": _version(), **jsonable(dict(provenance))}
+        self.overwrite = bool(overwrite)
+        self._done: List[Range] = []
+        self._state = "open"
+        check_output_path(self.path, list(inputs))
+        refuse_existing(self.path, self.overwrite)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not (resume and self._try_resume()):
+                self._start_fresh()
+        except OSError as err:
+            raise output_error(self.partial, err, "create") from err
+
+    # -- opening ---------------------------------------------------------------------------
+    def _try_resume(self) -> bool:
+        if not (self.partial.exists() and self.progress_path.exists()):
+            logger.info("%s: nothing to resume, starting a new output", self.path)
+            return False
+        try:
+            record = json.loads(self.progress_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning("%s: unreadable progress record, starting again", self.progress_path)
+            return False
+        self._check_resumable(record)
+        try:
+            self._reopen()
+        except Exception as err:  # noqa: BLE001 - a damaged partial output is simply redone
+            logger.warning("%s: cannot reopen the partial output (%s); starting again",
+                           self.partial, err)
+            self._close()
+            return False
+        self._done = _merge(tuple(r) for r in record.get("done", []))
+        logger.info("%s: resuming, %d of %d slices already written", self.path,
+                    self.n_done, self.shape[0])
+        return True
+
+    def _check_resumable(self, record: Mapping[str, Any]) -> None:
+        mine = {"format": self.fmt, "shape": list(self.shape)}
+        theirs = {"format": record.get("format"), "shape": record.get("shape")}
+        old, new = _comparable(record.get("provenance", {})), _comparable(self.provenance)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if mine != theirs or diff:
+            what = f"{theirs} vs {mine}" if mine != theirs else f"provenance keys {diff}"
+            raise OutputError(f"Cannot resume {str(self.partial)!r}: it was started with "
+                              f"different settings ({what}); pass --overwrite to start again")
+
+    def _start_fresh(self) -> None:
+        remove_path(self.partial)
+        remove_path(self.progress_path)
+        check_free_space(self.path.parent, 4 * int(np.prod(self.shape)), self.path)
+        try:
+            self._create()
+            self._write_provenance()
+            self._sync()
+        except OSError:
+            self._close()
+            remove_path(self.partial)
+            raise
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        write_json_atomic(self.progress_path, {
+            "format": self.fmt, "shape": list(self.shape), "dtype": "float32",
+            "provenance": self.provenance, "done": [list(r) for r in self._done]})
+
+    # -- public API --------------------------------------------------------------------------
+    @property
+    def done(self) -> Tuple[Range, ...]:
+        """Finished slice ranges ``((start, stop), ...)``, merged and sorted."""
+        return tuple(self._done)
+
+    @property
+    def missing(self) -> Tuple[Range, ...]:
+        """Slice ranges still to be written."""
+        out, pos = [], 0
+        for a, b in self._done:
+            if a > pos:
+                out.append((pos, a))
+            pos = max(pos, b)
+        if pos < self.shape[0]:
+            out.append((pos, self.shape[0]))
+        return tuple(out)
+
+    @property
+    def n_done(self) -> int:
+        """Number of finished slices."""
+        return sum(b - a for a, b in self._done)
+
+    @property
+    def complete(self) -> bool:
+        """True when every slice has been written."""
+        return self.n_done == self.shape[0]
+
+    def write(self, start: int, block) -> None:
+        """Write ``block`` (``(k, ny, nx)``, cast to float32) at slices ``start .. start+k``.
+
+        The data are flushed before the range is recorded as done, so after a crash a resumed
+        writer never trusts slices that did not reach the disk.
+        """
+        if self._state != "open":
+            raise RuntimeError(f"writer for {self.path} is {self._state}")
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim == 2:
+            block = block[None]
+        start = int(start)
+        if block.shape[1:] != self.shape[1:] or start < 0 or start + len(block) > self.shape[0]:
+            raise ValueError(f"block of shape {block.shape} at slice {start} does not fit the "
+                             f"volume {self.shape}")
+        try:
+            self._write_block(start, block)
+            self._sync()
+        except OSError as err:
+            raise output_error(self.partial, err) from err
+        self._done = _merge(self._done + [(start, start + len(block))])
+        self._save_progress()
+
+    def finalize(self) -> Path:
+        """Rename the complete output to its final name and return that path."""
+        if self._state == "finalized":
+            return self.path
+        if not self.complete:
+            raise OutputError(f"Cannot finalize {str(self.path)!r}: {self.n_done} of "
+                              f"{self.shape[0]} slices written, missing {list(self.missing)}; "
+                              "rerun with --resume to finish it")
+        refuse_existing(self.path, self.overwrite)
+        try:
+            self._write_provenance()
+            self._sync()
+            self._close()
+            self._move_into_place()
+        except OSError as err:
+            raise output_error(self.path, err, "finalize") from err
+        remove_path(self.progress_path)
+        self._state = "finalized"
+        logger.info("wrote %s (%s %s)", self.path, self.fmt, self.shape)
+        return self.path
+
+    def close(self) -> None:
+        """Release file handles and keep the partial output for a later ``resume=True``."""
+        if self._state == "open":
+            self._close()
+            self._state = "closed"
+
+    def abort(self) -> None:
+        """Close and delete the partial output and its progress record."""
+        self._close()
+        remove_path(self.partial)
+        remove_path(self.progress_path)
+        if self._state != "finalized":
+            self._state = "aborted"
+
+    def __enter__(self) -> "VolumeWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.close()
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+    def _move_into_place(self) -> None:
+        aside = None
+        if os.path.lexists(self.path) and (self.is_dir or self.path.is_dir()):
+            aside = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, aside)
+        os.replace(self.partial, self.path)
+        fsync_dir(self.path.parent)
+        if aside is not None:
+            remove_path(aside)
+
+    def _prov_json(self) -> str:
+        return json.dumps(self.provenance, sort_keys=True)
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def _reopen(self) -> None:
+        raise NotImplementedError
+
+    def _write_block(self, start: int, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _sync(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _write_provenance(self) -> None:
+        raise NotImplementedError
+
+
+class H5Writer(VolumeWriter):
+    """HDF5 ``/exchange/data`` float32 ``(z, y, x)``, chunks ``(1, ny, nx)``, ``axes="z:y:x"``.
+
+    Storage is allocated when the dataset is created (no fill pass), so later slice writes never
+    change HDF5 metadata and a killed process leaves a partial file that reopens cleanly.
+    """
+
+    fmt = "h5"
+    dataset = "/exchange/data"
+
+    def _create(self) -> None:
+        import h5py
+
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        self._file = h5py.File(self.partial, "w")
+        self._dset = self._file.create_dataset(self.dataset, shape=self.shape, dtype="f4",
+                                               chunks=(1,) + self.shape[1:], dcpl=dcpl)
+
+    def _reopen(self) -> None:
+        import h5py
+
+        self._file = h5py.File(self.partial, "r+")
+        self._dset = self._file[self.dataset]
+        if self._dset.shape != self.shape:
+            raise ValueError(f"{self.dataset} has shape {self._dset.shape}")
+
+    def _write_block(self, start: int, block: np.ndarray) -> None:
+        self._dset[start:start + len(block)] = block
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.id.get_vfd_handle())
+
+    def _close(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None and f.id.valid:
+            f.close()
+        self._file = None
+
+    def _write_provenance(self) -> None:
+        attrs = self._file.attrs
+        attrs["command"] = str(self.provenance.get("command", ""))
+        attrs["axes"] = "z:y:x"
+        attrs["provenance"] = self._prov_json()
+        self._dset.attrs["axes"] = "z:y:x"
+        self._dset.attrs["units"] = "attenuation per pixel"
+        grp = self._file.require_group(f"/process/tomodl-{self.provenance['tomodl_version']}")
+        for key, val in self.provenance.items():
+            plain = isinstance(val, (str, int, float, bool))
+            grp.attrs[key] = val if plain else json.dumps(val)
+
+
+class TiffWriter(VolumeWriter):
+    """A directory of ``recon_00000.tiff ...`` (one float32 slice each) and ``provenance.json``;
+    each TIFF's ImageDescription holds the provenance JSON too."""
+
+    fmt = "tiff"
+    is_dir = True
+    prefix = "recon_"
+
+    def _name(self, i: int) -> str:
+        return f"{self.prefix}{i:0{max(5, len(str(self.shape[0] - 1)))}d}.tiff"
+
+    def _create(self) -> None:
+        self.partial.mkdir()
+
+    def _reopen(self) -> None:
+        if not self.partial.is_dir():
+            raise ValueError("not a directory")
+
+    def _write_block(self, start: int, block: np.ndarray) -> None:
+        import tifffile
+
+        for i, img in enumerate(block, start):
+            final = self.partial / self._name(i)
+            tmp = self.partial / f".{final.name}.tmp"
+            with open(tmp, "wb") as fh:
+                tifffile.imwrite(fh, img, description=self._prov_json(), metadata=None)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+
+    def _sync(self) -> None:
+        fsync_dir(self.partial)
+
+    def _close(self) -> None:
+        pass
+
+    def _write_provenance(self) -> None:
+        write_json_atomic(self.partial / "provenance.json", self.provenance)
+
+
+class ZarrWriter(VolumeWriter):
+    """A Zarr array ``(z, y, x)`` float32 chunked ``(1, ny, nx)``; provenance in its attrs.
+
+    Chunks are flushed by the zarr library when written (no fsync: safe against a killed
+    process, not against a power cut between a write and the progress record)."""
+
+    fmt = "zarr"
+    is_dir = True
+
+    def _create(self) -> None:
+        import zarr
+
+        self._arr = zarr.open_array(store=str(self.partial), mode="w", shape=self.shape,
+                                    chunks=(1,) + self.shape[1:], dtype="float32")
+
+    def _reopen(self) -> None:
+        import zarr
+
+        self._arr = zarr.open_array(store=str(self.partial), mode="r+")
+        if tuple(self._arr.shape) != self.shape:
+            raise ValueError(f"array has shape {self._arr.shape}")
+
+    def _write_block(self, start: int, block: np.ndarray) -> None:
+        self._arr[start:start + len(block)] = block
+
+    def _sync(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        self._arr = None
+
+    def _write_provenance(self) -> None:
+        self._arr.attrs.update({"axes": "z:y:x", "command": self.provenance.get("command", ""),
+                                "provenance": self.provenance})
+
+
+#: Output formats: name -> writer class.
+SAVE_FORMATS = {"tiff": TiffWriter, "h5": H5Writer, "zarr": ZarrWriter}
+
+
+def open_writer(fmt: str, out_path: Any, shape: Tuple[int, int, int], *, provenance: Mapping,
+                overwrite: bool = False, resume: bool = False,
+                inputs: Iterable[Any] = ()) -> VolumeWriter:
+    """Open a chunked, atomic, resumable writer for a ``(n_slices, ny, nx)`` float32 volume.
+
+    Parameters
+    ----------
+    fmt : {"tiff", "h5", "zarr"}
+        Output format (see :data:`SAVE_FORMATS`).
+    out_path : str or Path
+        Final output: an ``.h5`` file, or a directory for TIFF and Zarr.
+    shape : tuple of 3 ints
+        ``(n_slices, ny, nx)``.
+    provenance : mapping
+        JSON-able record (command line, algorithm, model and weights sha256, centre, filter,
+        sparse factor, input file with size and mtime...) stored in the output.
+    overwrite : bool
+        Replace an existing final output (at :meth:`~VolumeWriter.finalize`); without it an
+        existing output raises :class:`~tomodl.errors.OutputError` now, before any work.
+    resume : bool
+        Continue a partial output left by an interrupted run with the same format, shape and
+        provenance (keys in :data:`RESUME_IGNORED_KEYS` may differ); ``writer.done`` lists the
+        slices already written.  Without it a partial output is discarded.
+    inputs : iterable of paths
+        Input files that the output must not replace (:func:`check_output_path`).
+    """
+    try:
+        cls = SAVE_FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"Unknown save format {fmt!r}; choose one of {sorted(SAVE_FORMATS)}"
+                         ) from None
+    return cls(out_path, shape, provenance=provenance, overwrite=overwrite, resume=resume,
+               inputs=inputs)
+
+
+def write_volume(out_path: Any, volume, fmt: str = "h5", *, provenance: Mapping,
+                 overwrite: bool = False, inputs: Iterable[Any] = ()) -> Path:
+    """Write a whole in-memory ``(n_slices, ny, nx)`` volume atomically; return its path."""
+    volume = np.asarray(volume, dtype=np.float32)
+    writer = open_writer(fmt, out_path, volume.shape, provenance=provenance,
+                         overwrite=overwrite, inputs=inputs)
+    try:
+        writer.write(0, volume)
+        return writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def write_png(path: Any, image, *, vmin: Optional[float] = None, vmax: Optional[float] = None,
+              percentiles: Tuple[float, float] = (1.0, 99.0), overwrite: bool = False) -> Path:
+    """Save a 2-D image as an 8-bit grayscale PNG preview (atomically).
+
+    ``vmin``/``vmax`` default to the given percentiles of the finite pixels (robust to a few
+    hot pixels); NaN/Inf pixels are drawn black.
+    """
+    from PIL import Image
+
+    from tomodl.io.atomic import atomic_file
+    from tomodl.metrics import to_uint8
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"write_png needs a non-empty 2-D image, got shape {img.shape}")
+    finite = img[np.isfinite(img)]
+    lo, hi = np.percentile(finite, percentiles) if finite.size else (0.0, 1.0)
+    lo = float(lo if vmin is None else vmin)
+    hi = float(hi if vmax is None else vmax)
+    if not hi > lo:
+        hi = lo + 1.0
+    pixels = to_uint8(np.where(np.isfinite(img), img, lo), lo, hi)
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return Path(path)
