@@ -1,7 +1,14 @@
 """Sinogram-range read time for three /exchange/data layouts (warm page cache)."""
-import time, numpy as np, h5py
+import os
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
 from tomodl.io import read_dx, write_dx
 from tomodl.io.dxchange import sinogram_chunks
+os.chdir(tempfile.mkdtemp(prefix="tomodl_bench_io_"))  # scratch files, never in the repo
 shape = (721, 64, 1024)
 proj = np.random.default_rng(0).integers(0, 60000, shape).astype(np.uint16)
 theta = np.linspace(0, np.pi, shape[0], endpoint=False)
