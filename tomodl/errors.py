@@ -26,3 +26,7 @@ class OutputError(TomodlError):
 
 class SelectionError(TomodlError):
     """A ``proj=`` / ``sino=`` range selects nothing or is malformed (step <= 0, not a range)."""
+
+
+class SimulationError(TomodlError):
+    """Simulation parameters that cannot be realised (spheres that cannot fit, zero angles...)."""

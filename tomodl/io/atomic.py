@@ -41,7 +41,7 @@ def output_error(path: PathLike, err: OSError, action: str = "write") -> OutputE
         fix = "free disk space or choose another output directory"
         why = "no space left on device"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "choose a directory you can write to (--out)"
+        fix = "choose a directory you can write to"
         why = "permission denied" if code != errno.EROFS else "read-only file system"
     else:
         fix = "check the output path and the disk"
@@ -162,12 +162,12 @@ def check_output_path(out: PathLike, inputs: Iterable[PathLike]) -> None:
             if _same(cand, inp):
                 raise OutputError(
                     f"Output {str(out)!r} is the input scan {str(inp)!r}; the input is only ever "
-                    "read, choose a different output path (--out)"
+                    "read, choose a different output path"
                 )
         if inp.resolve().is_relative_to(out.resolve()):
             raise OutputError(
                 f"Output {str(out)!r} contains the input scan {str(inp)!r}; writing there could "
-                "delete it, choose a different output path (--out)"
+                "delete it, choose a different output path"
             )
 
 

@@ -1,12 +1,357 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""TomoPy-compatible entry point (placeholder; being written)."""
+"""TomoPy-compatible entry points: :func:`recon` and :func:`tomopy_algorithm`.
+
+``tomodl.recon(proj, theta, center)`` is a drop-in for
+``tomopy.recon(proj, theta, center, algorithm="gridrec")``: same array layout, angles in
+radians, centre in pixels, same default centre and output grid, with intensities in true
+attenuation per pixel.  ``algorithm="fbp+resattunet"`` adds the trained streak-removal network,
+applied slice by slice to each chunk of rows.
+
+:func:`tomopy_algorithm` plugs tomodl's FBP into TomoPy itself:
+``tomopy.recon(proj, theta, algorithm=tomodl.tomopy_algorithm, filter_name="shepp")``.
+
+This module is the array-contract boundary: :func:`as_sinograms` checks shapes and angles.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from tomodl.backend import array_kind
+from tomodl.errors import TomodlError
+from tomodl.recon.geometry import default_center
+
+logger = logging.getLogger(__name__)
+
+#: Bytes of reconstructed slices per FBP call when ``nchunk`` is not given.
+CHUNK_BYTES = 256 * 2**20
+#: Largest ``max |theta|`` accepted as radians (larger looks like degrees).
+MAX_THETA = 4 * np.pi
 
 
-def recon(tomo, theta, center=None, **kwargs):
-    """Placeholder."""
-    raise NotImplementedError
+class Algorithm(NamedTuple):
+    """A parsed ``algorithm`` string: reconstruction method and optional denoising network."""
+
+    recon: str
+    model: Optional[str]
 
 
-def tomopy_algorithm(tomo, center, recon, theta, **kwargs):
-    """Placeholder."""
-    raise NotImplementedError
+#: Reconstruction methods: ``algorithm`` string -> parsed value.
+ALGORITHMS: Dict[str, Algorithm] = {
+    "fbp": Algorithm("fbp", None),
+    "fbp+resattunet": Algorithm("fbp", "resattunet"),
+    "fbp+unet": Algorithm("fbp", "unet"),
+}
+#: Keywords of the ``+model`` step: where each goes.
+MODEL_KWARGS = ("model", "batch_size", "dtype", "sparse")
+
+
+def parse_algorithm(algorithm: str) -> Algorithm:
+    """Parse ``"fbp"`` / ``"fbp+<model>"`` (case-insensitive) into an :class:`Algorithm`."""
+    try:
+        return ALGORITHMS[str(algorithm).strip().lower()]
+    except KeyError:
+        raise ValueError(f"Unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)} "
+                         "or pass a callable (TomoPy's algorithm contract)") from None
+
+
+# -- array contract ---------------------------------------------------------------------------
+def as_sinograms(tomo, theta, sinogram_order: bool = False) -> Tuple[Any, np.ndarray]:
+    """Check the array contract and return sinogram-ordered data and float32 angles.
+
+    Parameters
+    ----------
+    tomo : array_like (numpy, torch or CuPy), shape (n_angles, n_rows, n_det)
+        Projections; ``(n_rows, n_angles, n_det)`` with ``sinogram_order=True``.
+    theta : array_like, shape (n_angles,)
+        Angles in radians.
+
+    Returns
+    -------
+    sinos : array of the caller's kind, shape (n_rows, n_angles, n_det)
+        A view when possible; numpy input is converted to float32.
+    theta : ndarray, shape (n_angles,), float32
+    """
+    kind = array_kind(tomo)
+    if kind == "numpy":
+        tomo = np.asarray(tomo, dtype=np.float32)
+    if tomo.ndim != 3:
+        layout = "(n_rows, n_angles, n_det)" if sinogram_order else "(n_angles, n_rows, n_det)"
+        raise ValueError(f"tomo must be 3-D {layout}, got shape {tuple(tomo.shape)}; for one "
+                         "sinogram use tomo[:, None, :] (or [None] with sinogram_order=True)")
+    sinos = tomo if sinogram_order else tomo.swapaxes(0, 1)
+    if kind == "cupy":
+        import cupy
+
+        theta = cupy.asnumpy(theta)
+    elif array_kind(theta) == "torch":
+        theta = theta.detach().cpu().numpy()
+    th = np.asarray(theta, dtype=np.float32).ravel()
+    if th.size != sinos.shape[1]:
+        raise ValueError(f"theta has {th.size} angles but tomo has {sinos.shape[1]} "
+                         f"{'angles (axis 1)' if sinogram_order else 'projections (axis 0)'}")
+    if not np.all(np.isfinite(th)):
+        raise ValueError("theta contains NaN or inf")
+    if th.size and np.abs(th).max() > MAX_THETA:
+        raise ValueError(f"theta must be in radians, but max |theta| = {np.abs(th).max():.1f} "
+                         "looks like degrees; pass np.deg2rad(theta)")
+    if min(sinos.shape) < 1:
+        raise ValueError(f"tomo has an empty axis: shape {tuple(tomo.shape)}")
+    return sinos, th
+
+
+def row_centers(center, n_rows: int, n_det: int) -> np.ndarray:
+    """Per-row rotation axis ``(n_rows,)`` float64 from ``None``, a scalar or a per-row array."""
+    if center is None:
+        return np.full(n_rows, default_center(n_det), dtype=np.float64)
+    c = np.asarray(center, dtype=np.float64).ravel()
+    if c.size == 1:
+        c = np.full(n_rows, c[0])
+    if c.size != n_rows:
+        raise ValueError(f"center has {c.size} values; give one value or one per row ({n_rows})")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("center contains NaN or inf")
+    return c
+
+
+def _grid(num_gridx, num_gridy, n_det: int) -> int:
+    n = n_det if num_gridx is None else int(num_gridx)
+    if n < 1:
+        raise ValueError(f"num_gridx must be a positive number of pixels, got {num_gridx}")
+    if num_gridy is not None and int(num_gridy) != n:
+        raise ValueError(f"num_gridy={num_gridy} differs from num_gridx={n}; tomodl "
+                         "reconstructs square grids only")
+    return n
+
+
+def _fbp_keywords() -> Tuple[str, ...]:
+    """Optional keywords of :func:`tomodl.recon.fbp.fbp` that :func:`recon` passes through."""
+    from tomodl.recon.fbp import fbp
+
+    own = {"filter_name", "num_gridx", "device", "ncore"}
+    return tuple(p.name for p in inspect.signature(fbp).parameters.values()
+                 if p.kind == p.KEYWORD_ONLY and p.name not in own)
+
+
+def _split_kwargs(alg: Algorithm, kwargs: Dict[str, Any]) -> Tuple[Dict, Dict]:
+    fbp_keys = _fbp_keywords()
+    allowed = fbp_keys + ("num_gridy",) + (MODEL_KWARGS if alg.model else ())
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        hint = "" if alg.model else f"; {list(MODEL_KWARGS)} need algorithm='fbp+<model>'"
+        raise ValueError(f"Unknown keyword(s) {unknown} for algorithm "
+                         f"{'+'.join(filter(None, alg))!r}; allowed: {sorted(allowed)}{hint}")
+    fbp_kw = {k: v for k, v in kwargs.items() if k in fbp_keys}
+    model_kw = {k: v for k, v in kwargs.items() if k in MODEL_KWARGS}
+    return fbp_kw, model_kw
+
+
+def _chunk_rows(nchunk: Optional[int], n_rows: int, n: int) -> int:
+    if nchunk is None:
+        return max(1, min(n_rows, CHUNK_BYTES // (4 * n * n)))
+    if int(nchunk) < 1:
+        raise ValueError(f"nchunk must be a positive number of rows, got {nchunk}")
+    return int(nchunk)
+
+
+# -- the +model step --------------------------------------------------------------------------
+def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str
+                    ) -> Optional[Callable[[Any], Any]]:
+    """Return ``step(slices) -> slices`` applying the denoiser of ``alg``, or None for plain FBP.
+
+    ``model_kw`` holds ``model`` (None, a released name or a weights folder), ``batch_size``,
+    ``dtype`` and ``sparse`` (the angular subsampling of the data, checked against the
+    weights' training sparse factor).
+    """
+    if alg.model is None:
+        return None
+    try:
+        from tomodl.models.inference import denoise, load_denoiser
+    except ImportError as err:
+        raise TomodlError(f"algorithm 'fbp+{alg.model}' needs tomodl's deep-learning part "
+                          f"(torch): {err}; install torch or use algorithm='fbp'") from err
+    den = load_denoiser(alg.model, model_kw.get("model"))
+    sparse = model_kw.get("sparse")
+    trained = getattr(den, "sparse_factor", None)
+    if sparse is not None and trained is not None and int(sparse) != int(trained):
+        logger.warning("the %s weights were trained for sparse factor %s, the data have %s: "
+                       "expect weaker streak removal", alg.model, trained, sparse)
+    den_filter = getattr(den, "filter_name", None)
+    if den_filter is not None and den_filter != filter_name:
+        logger.warning("the %s weights were trained on FBP with filter %r, not %r", alg.model,
+                       den_filter, filter_name)
+    opts = {k: model_kw[k] for k in ("batch_size", "dtype") if model_kw.get(k) is not None}
+
+    def step(slices, device="auto", ncore=None):
+        return denoise(slices, den, device=device, ncore=ncore, **opts)
+
+    return step
+
+
+# -- public API -------------------------------------------------------------------------------
+def recon(tomo, theta, center=None, sinogram_order: bool = False,
+          algorithm: Union[str, Callable] = "fbp", filter_name: str = "shepp",
+          num_gridx: Optional[int] = None, device: str = "auto", ncore: Optional[int] = None,
+          nchunk: Optional[int] = None, **kwargs) -> Any:
+    """Reconstruct a parallel-beam scan; a drop-in for ``tomopy.recon(..., algorithm="gridrec")``.
+
+    Parameters
+    ----------
+    tomo : array_like (numpy, torch or CuPy), shape (n_angles, n_rows, n_det)
+        Line integrals (``minus_log`` of normalized projections), or
+        ``(n_rows, n_angles, n_det)`` with ``sinogram_order=True``.
+    theta : array_like, shape (n_angles,)
+        Projection angles in radians, any order and range (sparse, unsorted, 360 degrees).
+    center : None, float or array_like of shape (n_rows,)
+        Rotation axis in detector pixels; ``None`` is TomoPy's default ``n_det / 2``.
+    sinogram_order : bool
+        Layout of ``tomo`` (see above).
+    algorithm : str or callable
+        ``"fbp"``, ``"fbp+resattunet"`` or ``"fbp+unet"`` (:data:`ALGORITHMS`), or a callable
+        with TomoPy's contract ``f(tomo, center, recon, theta, **kwargs)``.
+    filter_name : str
+        FBP filter (``tomodl.recon.filters.FILTERS``; TomoPy's definitions).
+    num_gridx : int, optional
+        Reconstruction grid ``N`` (default ``n_det``), pixel size one detector pixel.
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        Compute device.
+    ncore : int, optional
+        CPU threads.
+    nchunk : int, optional
+        Rows reconstructed per FBP call (bounds memory; default: ~256 MB of output).
+    **kwargs
+        ``filter_par``, ``num_gridy`` (must equal ``num_gridx``) and the other keyword options
+        of :func:`tomodl.recon.fbp.fbp`; with ``"fbp+<model>"`` also ``model`` (None = the
+        released weights, a released name or a weights folder), ``batch_size``, ``dtype``
+        (``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"``) and ``sparse`` (the angular
+        subsampling factor of the data, checked against the weights).
+
+    Returns
+    -------
+    array of the caller's kind, shape (n_rows, N, N), float32
+        Attenuation per pixel (line integrals in pixel units reconstruct to 1/pixel values).
+
+    Raises
+    ------
+    ValueError
+        Bad shapes or angles, an unknown algorithm, filter or keyword.
+    """
+    sinos, th = as_sinograms(tomo, theta, sinogram_order)
+    n_rows, _, n_det = sinos.shape
+    centers = row_centers(center, n_rows, n_det)
+    n = _grid(num_gridx, kwargs.get("num_gridy"), n_det)
+    rows = _chunk_rows(nchunk, n_rows, n)
+    if callable(algorithm):
+        return _recon_callable(algorithm, sinos, centers, th, n, rows, ncore,
+                               dict(kwargs, filter_name=filter_name), device)
+    alg = parse_algorithm(algorithm)
+    fbp_kw, model_kw = _split_kwargs(alg, kwargs)
+    step = load_model_step(alg, model_kw, filter_name)
+    return _recon_chunks(sinos, th, centers, n, rows, step,
+                         dict(fbp_kw, filter_name=filter_name, device=device, ncore=ncore))
+
+
+def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw):
+    from tomodl.recon.fbp import fbp
+
+    kind = array_kind(sinos)
+    parts = []
+    out = np.empty((sinos.shape[0], n, n), np.float32) if kind == "numpy" else None
+    for r0 in range(0, sinos.shape[0], rows):
+        r1 = min(r0 + rows, sinos.shape[0])
+        logger.debug("fbp rows %d:%d of %d", r0, r1, sinos.shape[0])
+        rec = fbp(sinos[r0:r1], theta, centers[r0:r1], num_gridx=n, **fbp_kw)
+        if step is not None:
+            rec = step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
+        if out is not None:
+            out[r0:r1] = np.asarray(rec)
+        else:
+            parts.append(rec)
+    if out is not None:
+        return out
+    if kind == "torch":
+        import torch
+
+        return torch.cat(parts)
+    import cupy
+
+    return cupy.concatenate(parts)
+
+
+def _recon_callable(func, sinos, centers, theta, n, rows, ncore, kwargs, device):
+    """Run a TomoPy-style callable on chunks of rows, as ``tomopy.recon`` does."""
+    if device != "auto":
+        raise ValueError("device= is not used with a callable algorithm; pass the callable's "
+                         "own options as keywords instead")
+    sinos = np.require(np.asarray(sinos, dtype=np.float32), requirements="AC")
+    kwargs.setdefault("num_gridx", n)
+    kwargs.setdefault("num_gridy", n)
+    kwargs.setdefault("options", {})
+    c32 = centers.astype(np.float32)
+    out = np.zeros((sinos.shape[0], n, n), np.float32)
+    slices = [slice(r0, min(r0 + rows, sinos.shape[0])) for r0 in range(0, sinos.shape[0], rows)]
+
+    def run(s):
+        func(sinos[s], c32[s], out[s], theta, **kwargs)
+
+    if ncore is None or int(ncore) <= 1 or len(slices) == 1:
+        for s in slices:
+            run(s)
+    else:
+        with ThreadPoolExecutor(int(ncore)) as pool:
+            for fut in [pool.submit(run, s) for s in slices]:
+                fut.result()
+    return out
+
+
+def tomopy_algorithm(tomo, center, recon, theta, **kwargs) -> None:
+    """tomodl's FBP behind TomoPy's callable-algorithm contract.
+
+    Use as ``tomopy.recon(proj, theta, center, algorithm=tomodl.tomopy_algorithm,
+    filter_name="shepp", ncore=4)``.  TomoPy calls it once per chunk of rows.
+
+    Parameters
+    ----------
+    tomo : ndarray, shape (n_rows, n_angles, n_det), float32
+        Sinogram-ordered chunk (TomoPy's ``init_tomo`` output).
+    center : ndarray, shape (n_rows,), float32
+        Rotation axis per row, pixels.
+    recon : ndarray, shape (n_rows, num_gridx, num_gridy), float32
+        Preallocated output, filled in place.
+    theta : ndarray, shape (n_angles,), float32
+        Angles in radians.
+    **kwargs
+        ``num_gridx``, ``num_gridy`` and ``options`` (set by TomoPy; ``options`` must be empty),
+        ``filter_name``, ``filter_par``, ``device`` and the keyword options of
+        :func:`tomodl.recon.fbp.fbp`.
+    """
+    try:
+        _tomopy_algorithm(tomo, center, recon, theta, dict(kwargs))
+    except Exception:
+        # TomoPy runs callables in a thread pool and drops their exceptions: log them here
+        logger.exception("tomodl.tomopy_algorithm failed")
+        raise
+
+
+def _tomopy_algorithm(tomo, center, recon, theta, kwargs) -> None:
+    from tomodl.recon.fbp import fbp
+
+    options = kwargs.pop("options", None)
+    if options:
+        raise ValueError(f"options={options!r} is not used by tomodl.tomopy_algorithm; pass "
+                         "filter_name, filter_par or device as keywords")
+    n = _grid(kwargs.pop("num_gridx", None), kwargs.pop("num_gridy", None), tomo.shape[2])
+    if tuple(recon.shape) != (tomo.shape[0], n, n):
+        raise ValueError(f"recon has shape {tuple(recon.shape)}, expected "
+                         f"{(tomo.shape[0], n, n)}")
+    allowed = ("filter_name", "device", "ncore") + _fbp_keywords()
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown keyword(s) {unknown} for tomodl.tomopy_algorithm; allowed: "
+                         f"{sorted(allowed)}")
+    centers = row_centers(center, tomo.shape[0], tomo.shape[2])
+    recon[...] = fbp(tomo, theta, centers, num_gridx=n, **kwargs)

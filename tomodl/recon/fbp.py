@@ -1,40 +1,320 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Parallel-beam filtered back-projection (placeholder reference; being replaced)."""
+"""Parallel-beam filtered back-projection (FBP), a drop-in for TomoPy's gridrec.
+
+Same array layout, angle and centre conventions, orientation and pixel grid as
+``tomopy.recon(..., algorithm="gridrec")`` (see :mod:`tomodl.recon.geometry`) and TomoPy's
+filter definitions (:mod:`tomodl.recon.filters`), but the intensities are the true
+attenuation per pixel (gridrec's are about 15 % high in flat regions).
+
+Pipeline, shared by every method and device:
+
+1. each detector row is zero-padded to ``n_pad >= 2 n_det`` (no wrap-around), multiplied
+   in Fourier space by the filter and by the phase ramp that moves the row's rotation axis
+   (a float per row) onto a sample, and cut to a window of odd length ``L`` centred on the
+   axis that covers the whole ``N x N`` output grid;
+2. the windows are back-projected, ``(pi / n_angles) * sum_theta q_theta(x cos + y sin)``,
+   by one of :data:`METHODS`: ``"direct"`` (linear interpolation, a fused gather; cost
+   ``N^2 n_angles`` per slice) or ``"fourier"`` (band-limited interpolation computed as an
+   adjoint NUFFT, :mod:`tomodl.recon.nufft`; cost ``~ N^2 log N + n_angles L`` per slice plus a
+   plan shared by all slices).  ``method="auto"`` picks the cheaper by :func:`estimate_cost`.
+"""
 from __future__ import annotations
 
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
 import numpy as np
+
+from tomodl.backend import to_tensor, torch_threads
+from tomodl.errors import TomodlError
+from tomodl.recon.filters import check_filter_name, get_filter
+from tomodl.recon.geometry import default_center, grid_origin, image_coordinates
+from tomodl.recon.nufft import backproject as nufft_backproject
+from tomodl.recon.nufft import fast_len, make_plan
+
+logger = logging.getLogger(__name__)
+
+#: Bytes of working memory one chunk of rows may use.
+CHUNK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Geometry shared by all rows of one :func:`fbp` call.
+
+    Attributes
+    ----------
+    theta : ndarray, shape (n_angles,), float64
+        Angles in radians.
+    n, n_det, n_pad, length : int
+        Output size ``N``, detector columns, padded FFT length, odd window length ``L``.
+    x0 : float
+        Column of the rotation axis in the output grid (:func:`~tomodl.recon.geometry.grid_origin`).
+    filt : torch.Tensor
+        ``(n_pad // 2 + 1,)`` float32 filter response on the compute device.
+    """
+
+    theta: np.ndarray
+    n: int
+    n_det: int
+    n_pad: int
+    length: int
+    x0: float
+    filt: Any
+
+
+@dataclass(frozen=True)
+class Method:
+    """A back-projector: ``prepare(setup, workers) -> state`` once, ``apply(windows, setup, state)`` per task."""
+
+    prepare: Callable[[Setup, int], Any]
+    apply: Callable[[Any, Setup, Any], Any]
+    doc: str
+
+
+#: Upsampling of the windows before the direct method's linear interpolation.
+DIRECT_UPSAMPLING = 4
+
+
+def _prepare_direct(setup: Setup, workers: int = 1):
+    import torch
+
+    dev = setup.filt.device
+    x, y = (torch.as_tensor(v, dtype=torch.float32, device=dev) for v in image_coordinates(setup.n))
+    th = torch.as_tensor(setup.theta, dtype=torch.float32, device=dev)
+    return x, y, torch.cos(th), torch.sin(th)
+
+
+def _upsample(windows, factor: int):
+    """Band-limited (trigonometric) upsampling of odd-length windows by ``factor``, same centre."""
+    import torch
+
+    length = windows.shape[-1]
+    spec = torch.fft.rfft(windows, dim=-1)
+    fine = torch.fft.irfft(spec, n=factor * length, dim=-1) * factor
+    return fine[..., : factor * (length - 1) + 1]  # sample i of the window at fine index factor * i
+
+
+def _apply_direct(windows, setup: Setup, state):
+    """Linear interpolation of upsampled windows, all rows of the chunk sharing each sample grid."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y, cos, sin = state
+    rows, n_ang, length = windows.shape
+    n = setup.n
+    fine = _upsample(windows, DIRECT_UPSAMPLING)
+    inp = fine.permute(1, 0, 2).unsqueeze(2).contiguous()  # (angles, rows, 1, U (L - 1) + 1)
+    out = torch.zeros((rows, n, n), dtype=windows.dtype, device=windows.device)
+    step = max(1, CHUNK_BYTES // (16 * n * n * (rows + 3)))
+    scale = 2.0 / (length - 1)  # window centre -> 0, window ends -> -1, +1
+    for a0 in range(0, n_ang, step):
+        c, s = cos[a0:a0 + step, None, None], sin[a0:a0 + step, None, None]
+        gx = (x[None, None, :] * c + y[None, :, None] * s) * scale
+        grid = torch.stack([gx, torch.zeros_like(gx)], dim=-1)
+        out += F.grid_sample(inp[a0:a0 + step], grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True).sum(0)
+    return out * (math.pi / n_ang)
+
+
+def _prepare_fourier(setup: Setup, workers: int = 1):
+    return make_plan(setup.theta, setup.n, setup.length, setup.x0, setup.filt.device, workers=workers)
+
+
+def _apply_fourier(windows, setup: Setup, plan):
+    return nufft_backproject(windows, plan)
+
+
+#: Back-projection methods by name (``method="auto"`` chooses among them).
+METHODS: Dict[str, Method] = {
+    "direct": Method(_prepare_direct, _apply_direct,
+                     "linear interpolation on the detector, gathered per pixel and angle"),
+    "fourier": Method(_prepare_fourier, _apply_fourier,
+                      "band-limited interpolation via an adjoint NUFFT (gridding, ES kernel)"),
+}
+
+
+def estimate_cost(method: str, n: int, n_angles: int, n_rows: int, length: Optional[int] = None) -> float:
+    """Rough single-thread CPU time in seconds of back-projecting ``n_rows`` slices.
+
+    Constants were fitted on a 2-core AVX-512 machine (torch 2.13, MKL); only the ratio of
+    the two methods matters for ``method="auto"``.
+    """
+    length = length or int(1.42 * n) + 8
+    if method == "direct":
+        return 1e-3 + 1.1e-8 * n * n * n_angles * (n_rows + 1)
+    m = 1.5 * n + 8
+    points = n_angles * length
+    plan = 5e-3 + 6e-7 * points + 4e-8 * m * m
+    per_row = 1e-3 + 1.6e-8 * points + 0.5e-9 * m * m * math.log2(m) + 5e-9 * n * n
+    return plan + n_rows * per_row
+
+
+def _choose_method(method: str, setup: Setup, n_rows: int) -> str:
+    if method == "auto":
+        costs = {name: estimate_cost(name, setup.n, len(setup.theta), n_rows, setup.length)
+                 for name in METHODS}
+        method = min(costs, key=costs.get)
+        logger.debug("fbp method costs %s -> %s", costs, method)
+        return method
+    if method not in METHODS:
+        raise TomodlError(f"Unknown method {method!r}; choose one of {['auto', *METHODS]}")
+    return method
+
+
+def _filtered_windows(rows, centers, setup: Setup):
+    """Filter ``(R, n_angles, n_det)`` rows and cut windows ``(R, n_angles, L)`` centred on the axis."""
+    import torch
+
+    n_pad, length = setup.n_pad, setup.length
+    spec = torch.fft.rfft(rows, n=n_pad, dim=-1)
+    c_int = torch.floor(centers)
+    frac = (centers - c_int).to(torch.float64)
+    freq = torch.arange(n_pad // 2 + 1, dtype=torch.float64, device=rows.device) / n_pad
+    shift = torch.polar(torch.ones_like(frac[:, None] * freq), 2 * math.pi * frac[:, None] * freq)
+    spec = spec * (shift.to(torch.complex64) * setup.filt)[:, None, :]
+    q = torch.fft.irfft(spec, n=n_pad, dim=-1)
+    h = (length - 1) // 2
+    out = torch.empty(q.shape[:2] + (length,), dtype=q.dtype, device=q.device)
+    for r, start in enumerate(((c_int.long() - h) % n_pad).tolist()):
+        k = min(length, n_pad - start)  # the window may wrap around the padded row
+        out[r, :, :k] = q[r, :, start:start + k]
+        out[r, :, k:] = q[r, :, :length - k]
+    return out
+
+
+def make_setup(n_det: int, theta, n: int, filter_name: str, filter_par, device) -> Setup:
+    """Sizes, filter and grid of one reconstruction (see :class:`Setup`)."""
+    import torch
+
+    x, y = image_coordinates(n)
+    reach = float(np.sqrt(np.max(x**2)[()] + np.max(y**2)[()]))
+    length = fast_len(2 * math.ceil(reach) + 5, parity="odd")
+    n_pad = fast_len(max(2 * n_det, length + 1))
+    filt = torch.as_tensor(get_filter(filter_name, n_pad, filter_par), device=device)
+    return Setup(theta=np.asarray(theta, np.float64), n=n, n_det=n_det, n_pad=n_pad,
+                 length=length, x0=grid_origin(n), filt=filt)
+
+
+def _check_args(shape, theta, center, num_gridx):
+    if len(shape) != 3:
+        raise TomodlError(
+            f"sino must be 3-D (n_rows, n_angles, n_det) in sinogram order, got shape {tuple(shape)}; "
+            "for one sinogram pass sino[None]")
+    n_rows, n_ang, n_det = shape
+    if n_ang < 1 or n_det < 2:
+        raise TomodlError(f"sino needs at least 1 angle and 2 detector columns, got shape {tuple(shape)}")
+    th = np.asarray(theta, dtype=np.float64)
+    if th.ndim != 1 or th.size != n_ang:
+        raise TomodlError(f"theta has {th.size} angles but sino has {n_ang} (axis 1); pass one angle "
+                          "in radians per projection")
+    if not np.all(np.isfinite(th)):
+        raise TomodlError("theta contains NaN or Inf")
+    c = default_center(n_det) if center is None else center
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim > 1 or (c.ndim == 1 and c.size not in (1, n_rows)):
+        raise TomodlError(f"center must be a float or one float per row ({n_rows}), got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise TomodlError("center contains NaN or Inf")
+    n = n_det if num_gridx is None else int(num_gridx)
+    if num_gridx is not None and (n != num_gridx or n < 2):
+        raise TomodlError(f"num_gridx must be an integer >= 2, got {num_gridx!r}")
+    return th, np.broadcast_to(c.ravel() if c.ndim else c, (n_rows,)).copy(), n
+
+
+def _rows_per_task(method: str, setup: Setup, n_rows: int, workers: int) -> int:
+    """Rows filtered and back-projected together: a pair for ``fourier`` (one complex FFT)."""
+    if method == "fourier":
+        return 2
+    per_row = 4 * len(setup.theta) * (3 * setup.n_pad + 6 * setup.length) + 8 * setup.n**2
+    rows = int(max(2, min(16, CHUNK_BYTES // (workers * per_row))))
+    return min(n_rows, rows)
 
 
 def fbp(sino, theta, center=None, *, filter_name="shepp", filter_par=None, num_gridx=None,
         method="auto", device="auto", ncore=None):
-    """Reconstruct sinogram-ordered data ``(n_rows, n_angles, n_det)`` into ``(n_rows, N, N)``."""
+    """Filtered back-projection of parallel-beam sinograms, TomoPy-gridrec compatible.
+
+    Parameters
+    ----------
+    sino : numpy.ndarray, torch.Tensor or cupy.ndarray, shape (n_rows, n_angles, n_det)
+        Sinograms (``-log`` of the normalized transmission, in units of attenuation x pixels),
+        any real dtype; computed in float32.
+    theta : array_like, shape (n_angles,)
+        Angles in radians, any order and range (sparse, unsorted, not ending at pi).  Every
+        projection gets the weight ``pi / n_angles``, as in gridrec.
+    center : float or array_like of shape (n_rows,), optional
+        Rotation axis in detector columns (pixel centres at integers); default TomoPy's
+        ``n_det / 2``.
+    filter_name : str
+        One of :data:`tomodl.recon.filters.FILTERS` (TomoPy's names); default ``"shepp"``.
+    filter_par : sequence of float, optional
+        TomoPy's ``filter_par`` ``[p0, p1]``, default ``[0.5, 8]``.
+    num_gridx : int, optional
+        Output size ``N`` (default ``n_det``); the grid is TomoPy's (:mod:`tomodl.recon.geometry`).
+    method : str
+        ``"auto"`` or one of :data:`METHODS`.
+    device : str or torch.device
+        ``"auto"`` (the input's GPU, else CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
+    ncore : int, optional
+        Torch CPU threads for this call (default: torch's setting).
+
+    Returns
+    -------
+    array of the input's kind, shape (n_rows, N, N), float32
+        Attenuation per pixel (a uniform disk of mu per pixel reconstructs to mu).
+    """
     import torch
 
-    from tomodl.backend import to_tensor
+    check_filter_name(filter_name)
+    if method != "auto" and method not in METHODS:
+        raise TomodlError(f"Unknown method {method!r}; choose one of {['auto', *METHODS]}")
+    th, centers, n = _check_args(tuple(sino.shape), theta, center, num_gridx)
+    if ncore is not None and int(ncore) < 1:
+        raise TomodlError(f"ncore must be a positive number of threads, got {ncore}")
+    with torch.no_grad():
+        s, back = to_tensor(sino, device)
+        if not bool(torch.isfinite(s).all()):
+            raise TomodlError("sino contains NaN or Inf (check flat/dark normalization and -log)")
+        setup = make_setup(s.shape[2], th, n, filter_name, filter_par, s.device)
+        if s.shape[0] == 0:
+            return back(torch.empty((0, n, n), dtype=torch.float32, device=s.device))
+        name = _choose_method(method, setup, s.shape[0])
+        c = torch.as_tensor(centers, dtype=torch.float64, device=s.device)
+        return back(_reconstruct(s, c, setup, name, ncore))
 
-    s, back = to_tensor(sino, device)
-    nrow, nang, ndet = s.shape
-    n = num_gridx or ndet
-    c = torch.full((nrow,), (ndet - 1) / 2 if center is None else 0.0, dtype=torch.float64)
-    if center is not None:
-        c = torch.as_tensor(np.broadcast_to(np.asarray(center, np.float64), (nrow,)).copy())
-    th = torch.as_tensor(np.asarray(theta, np.float64))
-    npad = 1 << int(np.ceil(np.log2(2 * ndet)))
-    freq = torch.fft.rfftfreq(npad, dtype=torch.float64)
-    filt = (2 * freq).to(s.dtype)
-    f = torch.fft.irfft(torch.fft.rfft(s, npad, dim=-1) * filt, npad, dim=-1)[..., :ndet]
-    grid = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
-    y, x = torch.meshgrid(grid, grid, indexing="ij")
-    out = torch.zeros((nrow, n, n), dtype=s.dtype)
-    for r in range(nrow):
-        for a in range(nang):
-            t = x * torch.cos(th[a]) + y * torch.sin(th[a]) + c[r]
-            i0 = torch.floor(t).long()
-            w = (t - i0).to(s.dtype)
-            ok0 = (i0 >= 0) & (i0 < ndet)
-            ok1 = (i0 + 1 >= 0) & (i0 + 1 < ndet)
-            row = f[r, a]
-            v0 = torch.where(ok0, row[i0.clamp(0, ndet - 1)], 0)
-            v1 = torch.where(ok1, row[(i0 + 1).clamp(0, ndet - 1)], 0)
-            out[r] += v0 * (1 - w) + v1 * w
-    return back(out * (np.pi / nang))
+
+def _reconstruct(s, centers, setup: Setup, name: str, ncore: Optional[int]):
+    """Filter and back-project all rows of ``s``, in parallel tasks of a few rows on the CPU.
+
+    On the CPU, ``ncore`` Python threads each run whole tasks with one torch thread (torch
+    releases the GIL): no per-operation barrier, so a busy machine slows the job down
+    gracefully instead of stalling every operation.  On a GPU the tasks run in sequence.
+    """
+    import torch
+
+    n_rows, n = s.shape[0], setup.n
+    cpu = s.device.type == "cpu"
+    workers = min(os.cpu_count() or 1, int(ncore) if ncore else torch.get_num_threads()) if cpu else 1
+    with torch_threads(1 if cpu else None):
+        state = METHODS[name].prepare(setup, workers)
+    out = torch.empty((n_rows, n, n), dtype=torch.float32, device=s.device)
+    step = _rows_per_task(name, setup, n_rows, workers)
+
+    def task(r0: int) -> None:
+        windows = _filtered_windows(s[r0:r0 + step], centers[r0:r0 + step], setup)
+        out[r0:r0 + step] = METHODS[name].apply(windows, setup, state)
+
+    starts = range(0, n_rows, step)
+    with torch_threads(1 if cpu else None):
+        if workers == 1 or len(starts) == 1:
+            for r0 in starts:
+                task(r0)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(task, starts))
+    return out

@@ -2,19 +2,34 @@
 """The one definition of the reconstruction grid and the detector coordinate.
 
 Every projector and back-projector in tomodl (FBP, the analytic simulators, centre finding)
-uses these two functions, so simulated data and reconstructions share one grid and one
+uses these functions, so simulated data and reconstructions share one grid and one
 orientation: TomoPy gridrec's.
 
-Image ``img[row, col]`` has pixel centres at ``x = col - c``, ``y = c - row`` (``y`` points
-up, ``c = (N - 1) / 2``), in units of pixels.  A ray at angle ``theta`` (radians) through the
-point ``(x, y)`` meets the detector at column ``u = x cos(theta) + y sin(theta) + center``,
-with ``center`` the rotation axis in detector-pixel units.
+Image ``img[row, col]`` of size ``N x N`` has pixel centres at::
+
+    x = col - x0,    y = (N - 1 - row) - x0,    x0 = (N + 1) // 2
+
+in units of pixels (``y`` points up).  This is where ``tomopy.recon(..., algorithm="gridrec")``
+puts them (``gridrec.c``: output column ``j`` is spatial index ``j - offset`` and output row
+``N - 1 - k`` is spatial index ``k - offset`` with ``offset = pdim/2 - (pdim - N)//2``): the
+rotation axis sits at ``(row, col) = (N - 1 - x0, x0)``, half a pixel right of and above the
+geometric centre ``((N - 1)/2, (N - 1)/2)`` for even ``N`` and one pixel for odd ``N``.
+
+A ray at angle ``theta`` (radians) through ``(x, y)`` meets the detector at column
+``u = x cos(theta) + y sin(theta) + center``, with ``center`` the rotation axis in
+detector-pixel units (column index, pixel centres at integers).  TomoPy's default ``center``
+is ``n_det / 2`` (``tomopy.sim.project.get_center``), not ``(n_det - 1) / 2``.
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import numpy as np
+
+
+def grid_origin(n: int) -> float:
+    """Column index ``x0`` of the rotation axis in an ``n x n`` grid (its row is ``n - 1 - x0``)."""
+    return float((int(n) + 1) // 2)
 
 
 def image_coordinates(n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -32,9 +47,9 @@ def image_coordinates(n: int) -> Tuple[np.ndarray, np.ndarray]:
     y : ndarray, shape (n,), float64
         ``y`` of each row, in pixels from the rotation axis (decreasing: row 0 is the top).
     """
-    c = (n - 1) / 2.0
+    x0 = grid_origin(n)
     idx = np.arange(n, dtype=np.float64)
-    return idx - c, c - idx
+    return idx - x0, (n - 1 - idx) - x0
 
 
 def detector_coordinate(x, y, theta, center):
@@ -46,5 +61,5 @@ def detector_coordinate(x, y, theta, center):
 
 
 def default_center(n_det: int) -> float:
-    """TomoPy's default rotation axis for ``n_det`` detector columns: the detector middle."""
+    """TomoPy's default rotation axis for ``n_det`` detector columns: ``n_det / 2``."""
     return n_det / 2.0

@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: BSD-3-Clause
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+import tomodl
+from tomodl.cli import main
+from tomodl.io import read_dx
+from tomodl.recon.preprocess import minus_log, normalize
+
+
+def run(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res
+
+
+def expected(scan, center, **kw):
+    proj, flat, dark, theta = read_dx(scan.path)
+    return tomodl.recon(minus_log(normalize(proj, flat, dark)), theta, center, **kw)
+
+
+def one_line_error(res):
+    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    return lines[0]
+
+
+def test_help_and_version():
+    assert "recon" in run("--help").output
+    res = run("recon", "--help")
+    assert res.exit_code == 0 and "--rotation-axis" in res.output and "shepp" in res.output
+    assert tomodl.__version__ in run("--version").output
+
+
+def test_full_run_writes_tiffs_that_match_the_api(tiny_scan):
+    out = tiny_scan.path.with_name("tiny_rec")
+    res = run("recon", tiny_scan.path, "--rotation-axis", 17.3, "--no-progress")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert f"Output: {out}" in res.output
+    files = sorted(out.glob("recon_*.tiff"))
+    assert len(files) == 3 and not list(out.parent.glob("*.partial"))
+    vol = np.stack([tifffile.imread(f) for f in files])
+    np.testing.assert_allclose(vol, expected(tiny_scan, 17.3), atol=1e-6)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["center"] == 17.3 and prov["algorithm"] == "fbp"
+
+
+def test_auto_axis_chunks_and_h5(tiny_scan, tmp_path):
+    out = tmp_path / "vol.h5"
+    res = run("recon", tiny_scan.path, "--save-format", "h5", "--out-path", out,
+              "--nsino-per-chunk", 2, "--start-row", 1, "--fbp-filter", "hann", "--no-progress")
+    assert res.exit_code == 0, res.output + res.stderr
+    with h5py.File(out, "r") as f:
+        vol = f["/exchange/data"][()]
+        center = json.loads(f.attrs["provenance"])["center"]
+    assert center == pytest.approx(tiny_scan.center, abs=0.5)
+    assert f"{center:.2f}" in res.output
+    ref = expected(tiny_scan, center, filter_name="hann", nchunk=1, method="direct")[1:]
+    np.testing.assert_allclose(vol, ref, atol=1e-5)
+
+
+def test_try_mode_writes_one_image_per_centre(tiny_scan):
+    res = run("recon", tiny_scan.path, "--reconstruction-type", "try", "--rotation-axis", 17.5,
+              "--center-search-width", 2, "--center-search-step", 0.5)
+    assert res.exit_code == 0, res.output + res.stderr
+    out = tiny_scan.path.with_name("tiny_try")
+    centers = np.arange(15.5, 19.6, 0.5)
+    assert sorted(p.name for p in out.glob("*.tiff")) == [f"center_{c:07.2f}.tiff" for c in centers]
+    assert len(list(out.glob("*.png"))) == centers.size
+    record = json.loads((out / "sharpness.json").read_text())
+    assert record["sharpest"] == pytest.approx(tiny_scan.center, abs=0.5)
+    assert one_line_error(run("recon", tiny_scan.path, "--reconstruction-type", "try",
+                              "--rotation-axis", 17.5)).endswith("or choose another output path")
+
+
+def test_existing_output_needs_overwrite_and_input_is_never_replaced(tiny_scan):
+    args = ("recon", tiny_scan.path, "--rotation-axis", 17.3, "--no-progress")
+    assert run(*args).exit_code == 0
+    msg = one_line_error(run(*args))
+    assert "already exists" in msg and "--overwrite" in msg
+    assert run(*args, "--overwrite").exit_code == 0
+    msg = one_line_error(run(*args, "--save-format", "h5", "--out-path", tiny_scan.path,
+                             "--overwrite"))
+    assert "is the input scan" in msg
+    assert read_dx(tiny_scan.path).proj.shape == (33, 3, 37)
+
+
+def test_failed_run_leaves_no_output_and_resume_finishes(tiny_scan, monkeypatch):
+    from tomodl.recon import pipeline
+
+    real, calls = pipeline.reconstruct_chunk, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("simulated disk failure")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "reconstruct_chunk", flaky)
+    args = ("recon", tiny_scan.path, "--rotation-axis", 17.3, "--nsino-per-chunk", 1,
+            "--no-progress")
+    assert "simulated disk failure" in one_line_error(run(*args))
+    out = tiny_scan.path.with_name("tiny_rec")
+    assert not out.exists() and out.with_name("tiny_rec.partial").is_dir()
+    res = run(*args, "--resume")
+    assert res.exit_code == 0 and len(calls) == 4          # only the 2 missing rows redone
+    vol = np.stack([tifffile.imread(f) for f in sorted(out.glob("*.tiff"))])
+    np.testing.assert_allclose(vol, expected(tiny_scan, 17.3, nchunk=1, method="direct"),
+                               atol=1e-5)
+
+
+def _not_hdf5(tmp_path, scan):
+    p = tmp_path / "notes.h5"
+    p.write_text("not an HDF5 file\n")
+    return p
+
+
+def _missing_dataset(tmp_path, scan):
+    p = tmp_path / "empty.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("/exchange/other", data=np.zeros(3))
+    return p
+
+
+def _theta_mismatch(tmp_path, scan):
+    p = tmp_path / "theta.h5"
+    with h5py.File(scan.path, "r") as src, h5py.File(p, "w") as f:
+        for name in ("/exchange/data", "/exchange/data_white", "/exchange/data_dark"):
+            f.create_dataset(name, data=src[name][()])
+        f.create_dataset("/exchange/theta", data=np.linspace(0, 180, 20)).attrs["units"] = "deg"
+    return p
+
+
+@pytest.mark.parametrize("make, extra, words", [
+    (_not_hdf5, (), "HDF5"),
+    (_missing_dataset, (), "/exchange/data"),
+    (_theta_mismatch, (), "20 angles"),
+    (None, ("--fbp-filter", "nope"), "'nope' is not one of"),
+    (None, ("--rotation-axis", "left"), "neither a number of pixels nor 'auto'"),
+    (None, ("--model", "w"), "fbp+<model>"),
+    (None, ("--start-row", 5), "select nothing"),
+    (None, ("--device", "tpu"), "Unknown device"),
+])
+def test_bad_inputs_exit_2_with_one_line(tiny_scan, tmp_path, make, extra, words):
+    path = make(tmp_path, tiny_scan) if make else tiny_scan.path
+    msg = one_line_error(run("recon", path, "--no-progress", *extra))
+    assert words in msg
+    assert not list(tmp_path.glob("*_rec*"))
+
+
+def test_verbose_shows_the_traceback(tiny_scan):
+    res = run("-v", "recon", tiny_scan.path, "--start-row", 5)
+    assert res.exit_code == 2 and "Traceback" in res.stderr
+
+
+def test_fbp_plus_model_from_a_weights_folder(tiny_scan, tmp_path):
+    pytest.importorskip("torch")
+    from tomodl.models.registry import create_model
+    from tomodl.models.weights import save_weights
+
+    args = {"base_filters": 4, "depth": 2}
+    weights = save_weights(create_model("unet", **args), tmp_path / "w", arch="unet",
+                           model_args=args, filter_name="shepp", sparse_factor=1)
+    out = tmp_path / "dl.h5"
+    res = run("recon", tiny_scan.path, "--algorithm", "fbp+unet", "--model", weights,
+              "--dtype", "float32", "--batch-size", 2, "--rotation-axis", 17.3,
+              "--save-format", "h5", "--out-path", out, "--no-progress")
+    assert res.exit_code == 0, res.output + res.stderr
+    with h5py.File(out, "r") as f:
+        vol = f["/exchange/data"][()]
+        assert json.loads(f.attrs["provenance"])["algorithm"] == "fbp+unet"
+    assert vol.shape == (3, 37, 37) and np.all(np.isfinite(vol))
+    msg = one_line_error(run("recon", tiny_scan.path, "--algorithm", "fbp+unet", "--model",
+                             tmp_path / "nowhere", "--no-progress"))
+    assert "nowhere" in msg

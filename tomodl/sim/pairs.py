@@ -1,0 +1,183 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Sparse-view training pairs from simulated scans.
+
+Input: the FBP of every ``sparse``-th angle of a simulated scan, computed by the reconstruction
+pipeline's own stages (:func:`tomodl.io.dxchange.read_dx` -> normalize -> ``-log`` -> FBP, i.e.
+:func:`tomodl.recon.pipeline.preprocess_chunk` and
+:func:`~tomodl.recon.pipeline.reconstruct_chunk`), so the network sees at training exactly what
+``tomodl recon`` feeds it at inference.
+Target: the scan's ground-truth slice (same grid, attenuation per pixel).
+
+Pairs file (HDF5, see docs/architecture.md): groups ``/train``, ``/val``, ``/test`` with
+``input``, ``target`` ``(n, H, W)`` float32 and ``phantom`` ``(n,)`` int64; root attribute
+``metadata`` (JSON).  Scans are split by phantom (one scan = one phantom), never by slice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+import tomodl
+from tomodl.normalization import Policy
+from tomodl.sim.config import SimulationError
+from tomodl.sim.scan import read_ground_truth
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Default fractions of phantoms in each split.
+FRACTIONS = (0.8, 0.1, 0.1)
+PAIRS_FORMAT = "tomodl-pairs"
+PAIRS_FORMAT_VERSION = 1
+
+
+def split_counts(n: int, fractions: Sequence[float] = FRACTIONS) -> Tuple[int, int, int]:
+    """Phantoms per split: proportional to ``fractions``, at least one train phantom, one
+    validation phantom from 2 phantoms on and one test phantom from 3 on (if its fraction > 0)."""
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or np.any(f < 0) or f[0] <= 0:
+        raise SimulationError(f"fractions must be 3 non-negative numbers (train > 0), got "
+                              f"{fractions}")
+    f = f / f.sum()
+    val = int(round(n * f[1])) if n >= 2 else 0
+    test = int(round(n * f[2])) if n >= 3 else 0
+    val = max(val, 1 if n >= 2 and f[1] > 0 else 0)
+    test = max(test, 1 if n >= 3 and f[2] > 0 else 0)
+    while val + test > n - 1:
+        if test >= val and test > 0:
+            test -= 1
+        else:
+            val -= 1
+    return n - val - test, val, test
+
+
+def split_by_phantom(n: int, seed: int, fractions: Sequence[float] = FRACTIONS) -> np.ndarray:
+    """Split label (0 train, 1 val, 2 test) of each of ``n`` phantoms; deterministic in ``seed``."""
+    counts = split_counts(n, fractions)
+    labels = np.repeat(np.arange(3), counts)
+    return labels[np.argsort(np.random.default_rng(seed).permutation(n))]
+
+
+def sparse_fbp(path: Any, sparse: int, *, center: float, filter_name: str = "shepp",
+               device: str = "auto", ncore=None) -> Tuple[np.ndarray, np.ndarray]:
+    """FBP of every ``sparse``-th projection of a scan file, through the recon pipeline's stages.
+
+    Returns
+    -------
+    rec : ndarray, shape (n_rows, n_det, n_det), float32
+        Attenuation per pixel.
+    theta : ndarray, shape (n_angles // sparse,), float32
+        The angles used, radians.
+    """
+    from tomodl.io.dxchange import read_dx, scan_info
+    from tomodl.recon.pipeline import ReconConfig, preprocess_chunk, reconstruct_chunk
+
+    n_angles = scan_info(path).n_angles
+    if sparse < 1 or sparse > n_angles:
+        raise SimulationError(f"--sparse must be in [1, {n_angles}] for {str(path)!r}, got "
+                              f"{sparse}")
+    scan = read_dx(path, proj=(0, n_angles, sparse))
+    cfg = ReconConfig(algorithm="fbp", center=float(center), filter_name=filter_name,
+                      device=device, ncore=ncore)
+    rec = reconstruct_chunk(preprocess_chunk(scan, path), scan.theta, float(center), cfg)
+    return rec, scan.theta
+
+
+def _source(path: Any, sparse: int, filter_name: str, device: str, ncore
+            ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    gt, meta = read_ground_truth(path)
+    center = meta["geometry"]["center"]
+    rec, theta = sparse_fbp(path, sparse, center=center, filter_name=filter_name,
+                            device=device, ncore=ncore)
+    if rec.shape != gt.shape:
+        raise SimulationError(f"{str(path)!r}: FBP slices {rec.shape} and ground truth {gt.shape} "
+                              "differ; the scan was not written by 'tomodl simulate foam'")
+    info = {"path": str(Path(path).resolve()), "family": meta.get("family"),
+            "seed": meta.get("seed"), "center": center, "n_angles_used": int(theta.size)}
+    return rec, gt, info
+
+
+def _create(f, shape: Tuple[int, int]) -> None:
+    for split in SPLITS:
+        g = f.create_group(split)
+        for name in ("input", "target"):
+            g.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype="float32",
+                             chunks=(1, *shape))
+        g.create_dataset("phantom", shape=(0,), maxshape=(None,), dtype="int64")
+
+
+def _append(g, rec: np.ndarray, gt: np.ndarray, phantom: int) -> None:
+    n0, n = g["input"].shape[0], rec.shape[0]
+    for name, arr in (("input", rec), ("target", gt)):
+        g[name].resize(n0 + n, axis=0)
+        g[name][n0:] = arr
+    g["phantom"].resize(n0 + n, axis=0)
+    g["phantom"][n0:] = phantom
+
+
+def _metadata(sources: List[Dict[str, Any]], sparse: int, filter_name: str, seed: int,
+              fractions: Sequence[float]) -> Dict[str, Any]:
+    """The root ``metadata`` of a pairs file (see docs/architecture.md)."""
+    return {"format": PAIRS_FORMAT, "format_version": PAIRS_FORMAT_VERSION,
+            "sparse_factor": int(sparse), "filter_name": filter_name,
+            "centers": [s["center"] for s in sources],
+            "normalization": Policy().to_dict(), "split_seed": int(seed),
+            "fractions": [float(x) for x in fractions],
+            "seeds": [s["seed"] for s in sources], "sources": sources,
+            "units": "attenuation per pixel",
+            "input": "fbp(minus_log(normalize(read_dx(scan, proj=(0, n, sparse)))))",
+            "tomodl_version": tomodl.__version__}
+
+
+def make_pairs(scans: Sequence[Any], out: Any, *, sparse: int = 20, filter_name: str = "shepp",
+               seed: int = 0, fractions: Sequence[float] = FRACTIONS, overwrite: bool = False,
+               device: str = "auto", ncore=None, progress: bool = False) -> Path:
+    """Write a training-pairs file from simulated scans (one phantom each).
+
+    Parameters
+    ----------
+    scans : sequence of path
+        Files written by :func:`tomodl.sim.scan.simulate_scan`, all with the same ``n_det``.
+    out : path
+        Pairs file to write (atomically); refused if it exists unless ``overwrite``.
+    sparse : int
+        Keep every ``sparse``-th angle for the input FBP (the paper: 20).
+    filter_name : str
+        FBP filter (:data:`tomodl.recon.filters.FILTERS`).
+    seed : int
+        Seed of the split by phantom.
+    fractions : (float, float, float)
+        Train / validation / test fractions of the phantoms.
+
+    Returns
+    -------
+    Path
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    from tomodl.io.atomic import atomic_file, check_output_path, refuse_existing
+
+    if not scans:
+        raise SimulationError("no scans given: pass one or more files from 'tomodl simulate foam'")
+    refuse_existing(out, overwrite)
+    check_output_path(out, scans)
+    labels = split_by_phantom(len(scans), seed, fractions)
+    sources: List[Dict[str, Any]] = []
+    with atomic_file(out, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        for k, path in enumerate(tqdm(scans, desc="pairs", unit="scan", disable=not progress)):
+            rec, gt, info = _source(path, sparse, filter_name, device, ncore)
+            if k == 0:
+                _create(f, gt.shape[1:])
+            elif gt.shape[1:] != f["train/target"].shape[1:]:
+                raise SimulationError(f"{str(path)!r} has slices {gt.shape[1:]}, the first scan "
+                                      f"{f['train/target'].shape[1:]}: use scans of one size")
+            _append(f[SPLITS[labels[k]]], rec, gt, k)
+            sources.append({**info, "phantom": k, "split": SPLITS[labels[k]]})
+        f.attrs["metadata"] = json.dumps(_metadata(sources, sparse, filter_name, seed, fractions))
+    logger.info("wrote %s: %s", out, {s: int((labels == i).sum()) for i, s in enumerate(SPLITS)})
+    return Path(out)
