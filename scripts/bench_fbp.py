@@ -45,7 +45,7 @@ def phantom(n):
     return SHAPE * [n, n, n, n, 1, 1]
 
 
-# ---------------------------------------------------------------- methods: (sino (R, A, n), theta, center) -> (R, n, n)
+# ------------------------------------------ methods: (sino (R, A, n), theta, centre) -> (R, n, n)
 def tomodl_method(name):
     return lambda s, th, c: fbp(s, th, c, filter_name="shepp", method=name, device="cpu", ncore=2)
 
@@ -94,7 +94,8 @@ def tomopy_gridrec(s, th, c):
 
 def peers():
     found = {"tomodl fourier": tomodl_method("fourier"), "tomodl direct": tomodl_method("direct")}
-    for mod, name, fn in (("tomopy", "TomoPy gridrec", tomopy_gridrec), ("astra", "ASTRA CPU FBP", astra_fbp),
+    for mod, name, fn in (("tomopy", "TomoPy gridrec", tomopy_gridrec),
+                          ("astra", "ASTRA CPU FBP", astra_fbp),
                           ("algotom", "algotom FBP (numba)", algotom_fbp),
                           ("skimage", "scikit-image iradon", skimage_iradon)):
         if importlib.util.find_spec(mod) is not None:
@@ -199,10 +200,13 @@ def gridrec_ratios():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply the image sizes (angles unchanged)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply the image sizes (angles unchanged)")
     ap.add_argument("--rows", type=int, default=8, help="rows per call for the batched methods")
-    ap.add_argument("--ratios", action="store_true", help="print the gridrec intensity table and exit")
+    ap.add_argument("--ratios", action="store_true",
+                    help="print the gridrec intensity table and exit")
     args = ap.parse_args()
     if args.ratios:
         gridrec_ratios()

@@ -68,7 +68,7 @@ def _pswf_tables(pdim):
 
 
 def _gridrec_weights(theta, pdim, wtbl):
-    """Cells and weights of gridrec's 5 x 5 gridding of the points ``j (cos, sin)``, ``0 < j < pdim/2``."""
+    """Cells and weights of gridrec's 5 x 5 gridding of the points j (cos, sin), 0 < j < pdim/2."""
     j = np.arange(1, pdim // 2)
     cells, weights = [], []
     for trig in (np.cos, np.sin):
@@ -81,7 +81,8 @@ def _gridrec_weights(theta, pdim, wtbl):
     (cu, cv), (wu, wv) = cells, weights
     w = (wu[..., :, None] * wv[..., None, :]).ravel()
     direct = (cu[..., :, None] * pdim + cv[..., None, :]).ravel()
-    mirror = (((pdim - cu) % pdim)[..., :, None] * pdim + ((pdim - cv) % pdim)[..., None, :]).ravel()
+    mu, mv = (pdim - cu) % pdim, (pdim - cv) % pdim
+    mirror = (mu[..., :, None] * pdim + mv[..., None, :]).ravel()
     return direct, mirror, w
 
 
@@ -114,7 +115,7 @@ def gridrec_emulator(sino, theta, center=None, filter_name="shepp", filter_par=N
         grid = np.zeros(pdim * pdim, complex)
         for cells, coef in ((direct, phase * f[:, j]), (mirror, np.conj(phase) * f[:, pdim - j])):
             v = w * np.repeat(coef, 25)
-            grid += np.bincount(cells, v.real, pdim * pdim) + 1j * np.bincount(cells, v.imag, pdim * pdim)
+            grid += np.bincount(cells, v.real, pdim**2) + 1j * np.bincount(cells, v.imag, pdim**2)
         img = np.fft.fft2(grid.reshape(pdim, pdim))[np.ix_(idx, idx)] * np.outer(corr, corr)
         out[s], out[s + 1] = img.real.T[::-1], img.imag.T[::-1]  # row N - 1 - k, column j
     return out[:rows].astype(np.float32)
@@ -149,7 +150,8 @@ def test_emulator_reproduces_gridrec(tooth):
     proj = np.load(_need(PEER / "proj.npy"))
     for name in ("shepp", "ramlak"):
         ref = np.load(PEER / f"gridrec_{name}.npy")
-        emu = gridrec_emulator(np.swapaxes(proj, 0, 1), np.load(PEER / "angle.npy"), filter_name=name)
+        theta = np.load(PEER / "angle.npy")
+        emu = gridrec_emulator(np.swapaxes(proj, 0, 1), theta, filter_name=name)
         assert _corr(emu, ref, np.ones((48, 48), bool)) > 0.99998
 
 

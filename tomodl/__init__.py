@@ -13,8 +13,10 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from tomodl.io.dxchange import read_dx  # noqa: E402
+from tomodl.io.dxchange import read_dx, scan_info, write_dx  # noqa: E402
 from tomodl.recon.api import recon, tomopy_algorithm  # noqa: E402
+from tomodl.recon.center import find_center, write_center  # noqa: E402
+from tomodl.recon.preprocess import circ_mask, minus_log, normalize  # noqa: E402
 
 
 def create_model(*args, **kwargs):
@@ -31,4 +33,6 @@ def list_models():
     return _list()
 
 
-__all__ = ["__version__", "recon", "tomopy_algorithm", "read_dx", "create_model", "list_models"]
+__all__ = ["__version__", "recon", "tomopy_algorithm", "read_dx", "scan_info", "write_dx",
+           "normalize", "minus_log", "circ_mask", "find_center", "write_center",
+           "create_model", "list_models"]

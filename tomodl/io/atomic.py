@@ -183,3 +183,37 @@ def check_free_space(directory: PathLike, nbytes: int, path: PathLike) -> None:
             f"{free / 1e9:.2f} GB are free in {str(directory)!r}; free disk space or choose "
             "another output directory"
         )
+
+
+class OutputLock:
+    """An exclusive advisory lock on ``<out>.lock`` held while an output is being written.
+
+    Two processes writing one output would corrupt its partial data; the second one gets an
+    :class:`~tomodl.errors.OutputError` instead.  ``flock`` locks die with their process, so a
+    killed run never leaves a stale lock (a leftover ``.lock`` file is reused).  Where the file
+    system has no ``flock`` (some network mounts), writing goes on without a lock.
+    """
+
+    def __init__(self, out_path: Any):
+        self.path = Path(out_path).with_name(Path(out_path).name + ".lock")
+        self._fh = open(self.path, "a+")
+        try:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            raise OutputError(
+                f"Output {str(out_path)!r} is being written by another process (it holds "
+                f"{str(self.path)!r}); wait for it to finish or choose another output path"
+            ) from None
+        except (ImportError, OSError) as err:
+            logger.warning("%s: no file lock (%s); do not start two runs on one output",
+                           self.path, err)
+
+    def release(self) -> None:
+        """Delete the lock file and unlock (closing the file drops the lock)."""
+        if self._fh.closed:
+            return
+        remove_path(self.path)
+        self._fh.close()

@@ -25,8 +25,9 @@ from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from tomodl.errors import OutputError
-from tomodl.io.atomic import (check_free_space, check_output_path, fsync_dir, jsonable,
-                              output_error, refuse_existing, remove_path, write_json_atomic)
+from tomodl.io.atomic import (OutputLock, check_free_space, check_output_path, fsync_dir,
+                              jsonable, output_error, refuse_existing, remove_path,
+                              write_json_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,41 @@ def _comparable(prov: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in jsonable(dict(prov)).items() if k not in RESUME_IGNORED_KEYS}
 
 
+def read_progress(out_path: Any) -> Optional[Dict[str, Any]]:
+    """The progress record of an interrupted output (``<out>.progress.json``), or None.
+
+    None when there is no partial output, no record, or the record is unreadable.
+    """
+    path = Path(out_path)
+    partial = path.with_name(path.name + ".partial")
+    progress = path.with_name(path.name + ".progress.json")
+    if not (partial.exists() and progress.exists()):
+        return None
+    try:
+        record = json.loads(progress.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning("%s: unreadable progress record, ignored", progress)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def resume_conflicts(record: Mapping[str, Any], fmt: str, shape: Tuple[int, int, int],
+                     provenance: Mapping[str, Any]) -> str:
+    """What prevents resuming ``record`` with these settings ('' when nothing does).
+
+    Format and shape must be equal, and so must the provenance except the keys in
+    :data:`RESUME_IGNORED_KEYS` (and ``tomodl_version`` when absent from ``provenance``).
+    """
+    mine = {"format": fmt, "shape": [int(s) for s in shape]}
+    theirs = {"format": record.get("format"), "shape": record.get("shape")}
+    if mine != theirs:
+        return f"{theirs} vs {mine}"
+    new = _comparable({"tomodl_version": _version(), **dict(provenance)})
+    old = _comparable(record.get("provenance", {}))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return f"provenance keys {diff}" if diff else ""
+
+
 class VolumeWriter:
     """Base class: bookkeeping of finished slices, resume, finalize and abort.
 
@@ -68,7 +104,7 @@ class VolumeWriter:
     is_dir: ClassVar[bool] = False
 
     def __init__(self, out_path: Any, shape: Tuple[int, int, int], *, provenance: Mapping,
-                 overwrite: bool = False, resume: bool = False, inputs: Iterable[Any] = ()):
+                 overwrite: bool = False, resume: Any = False, inputs: Iterable[Any] = ()):
         self.path = Path(out_path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.progress_path = self.path.with_name(self.path.name + ".progress.json")
@@ -77,28 +113,40 @@ class VolumeWriter:
             raise ValueError(f"shape must be 3 positive ints (n_slices, ny, nx), got {shape!r}")
         self.provenance = {"tomodl_version": _version(), **jsonable(dict(provenance))}
         self.overwrite = bool(overwrite)
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
         self._done: List[Range] = []
         self._state = "open"
+        self._lock = None
         check_output_path(self.path, list(inputs))
         refuse_existing(self.path, self.overwrite)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not (resume and self._try_resume()):
+            self._lock = OutputLock(self.path)
+            if not (resume and self._try_resume(strict=resume is True)):
                 self._start_fresh()
         except OSError as err:
+            self._release()
             raise output_error(self.partial, err, "create") from err
+        except BaseException:
+            self._release()
+            raise
 
     # -- opening ---------------------------------------------------------------------------
-    def _try_resume(self) -> bool:
-        if not (self.partial.exists() and self.progress_path.exists()):
+    def _try_resume(self, strict: bool = True) -> bool:
+        record = read_progress(self.path)
+        if record is None:
             logger.info("%s: nothing to resume, starting a new output", self.path)
             return False
-        try:
-            record = json.loads(self.progress_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning("%s: unreadable progress record, starting again", self.progress_path)
+        conflicts = resume_conflicts(record, self.fmt, self.shape, self.provenance)
+        if conflicts and strict:
+            raise OutputError(f"Cannot resume {str(self.partial)!r}: it was started with "
+                              f"different settings ({conflicts}); pass --overwrite to start "
+                              "again")
+        if conflicts:
+            logger.warning("%s: the partial output was started with different settings (%s); "
+                           "starting again", self.partial, conflicts)
             return False
-        self._check_resumable(record)
         try:
             self._reopen()
         except Exception as err:  # noqa: BLE001 - a damaged partial output is simply redone
@@ -110,16 +158,6 @@ class VolumeWriter:
         logger.info("%s: resuming, %d of %d slices already written", self.path,
                     self.n_done, self.shape[0])
         return True
-
-    def _check_resumable(self, record: Mapping[str, Any]) -> None:
-        mine = {"format": self.fmt, "shape": list(self.shape)}
-        theirs = {"format": record.get("format"), "shape": record.get("shape")}
-        old, new = _comparable(record.get("provenance", {})), _comparable(self.provenance)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if mine != theirs or diff:
-            what = f"{theirs} vs {mine}" if mine != theirs else f"provenance keys {diff}"
-            raise OutputError(f"Cannot resume {str(self.partial)!r}: it was started with "
-                              f"different settings ({what}); pass --overwrite to start again")
 
     def _start_fresh(self) -> None:
         remove_path(self.partial)
@@ -209,6 +247,7 @@ class VolumeWriter:
             raise output_error(self.path, err, "finalize") from err
         remove_path(self.progress_path)
         self._state = "finalized"
+        self._release()
         logger.info("wrote %s (%s %s)", self.path, self.fmt, self.shape)
         return self.path
 
@@ -217,6 +256,7 @@ class VolumeWriter:
         if self._state == "open":
             self._close()
             self._state = "closed"
+        self._release()
 
     def abort(self) -> None:
         """Close and delete the partial output and its progress record."""
@@ -225,6 +265,7 @@ class VolumeWriter:
         remove_path(self.progress_path)
         if self._state != "finalized":
             self._state = "aborted"
+        self._release()
 
     def __enter__(self) -> "VolumeWriter":
         return self
@@ -234,6 +275,11 @@ class VolumeWriter:
             self.finalize()
         else:
             self.close()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _move_into_place(self) -> None:
@@ -403,7 +449,7 @@ SAVE_FORMATS = {"tiff": TiffWriter, "h5": H5Writer, "zarr": ZarrWriter}
 
 
 def open_writer(fmt: str, out_path: Any, shape: Tuple[int, int, int], *, provenance: Mapping,
-                overwrite: bool = False, resume: bool = False,
+                overwrite: bool = False, resume: Any = False,
                 inputs: Iterable[Any] = ()) -> VolumeWriter:
     """Open a chunked, atomic, resumable writer for a ``(n_slices, ny, nx)`` float32 volume.
 
@@ -421,10 +467,12 @@ def open_writer(fmt: str, out_path: Any, shape: Tuple[int, int, int], *, provena
     overwrite : bool
         Replace an existing final output (at :meth:`~VolumeWriter.finalize`); without it an
         existing output raises :class:`~tomodl.errors.OutputError` now, before any work.
-    resume : bool
+    resume : bool or "auto"
         Continue a partial output left by an interrupted run with the same format, shape and
         provenance (keys in :data:`RESUME_IGNORED_KEYS` may differ); ``writer.done`` lists the
-        slices already written.  Without it a partial output is discarded.
+        slices already written.  ``True`` refuses a partial output started with other
+        settings; ``"auto"`` discards it (with a warning) and starts again.  Without it a
+        partial output is discarded.
     inputs : iterable of paths
         Input files that the output must not replace (:func:`check_output_path`).
     """

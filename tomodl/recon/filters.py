@@ -102,7 +102,7 @@ FILTERS: Dict[str, FilterSpec] = {
 
 
 def check_filter_name(filter_name: str) -> FilterSpec:
-    """Return the :class:`FilterSpec` for ``filter_name`` or raise a ``ValueError`` listing the choices."""
+    """The :class:`FilterSpec` of ``filter_name``; unknown names raise, listing the choices."""
     try:
         return FILTERS[filter_name]
     except (KeyError, TypeError):

@@ -7,15 +7,16 @@ The back-projection of trigonometrically interpolated filtered projections,
 
 is a type-1 NUFFT from the polar points ``(j / L)(cos theta, sin theta)`` to the pixel grid.
 It is computed by gridding: each point is spread onto an ``M x M`` oversampled Cartesian
-grid (``M ~ sigma N``) with a separable "exponential of semicircle" kernel of ``W`` cells, one 2-D inverse
-FFT follows, and the ``N x N`` image is cropped and divided by the kernel's Fourier transform
-(deapodization).  Error about 1e-3 of the image's range with ``W = 4, sigma = 1.5``.
+grid (``M ~ sigma N``) with a separable "exponential of semicircle" kernel of ``W`` cells,
+one 2-D inverse FFT follows, and the ``N x N`` image is cropped and divided by the kernel's
+Fourier transform (deapodization).  With ``W = 4, sigma = 1.5`` the error against the exact
+sum is about 6e-4 RMS (1.5e-3 max) of the image inside the reconstruction circle.
 
 The spreading is one sparse matrix (CSR, ``M^2 x K`` for ``K = n_angles L`` points)
 that depends on the angles and sizes only, built once per :func:`make_plan` call and
 applied to every slice; two slices are reconstructed per complex FFT (real and imaginary
-parts), as gridrec does.  The same code runs on the CPU (MKL sparse, multi-threaded) and on
-CUDA (cuSPARSE, cuFFT).
+parts), as gridrec does.  The same code runs on the CPU (MKL sparse) and on CUDA (cuSPARSE,
+cuFFT).
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ class GriddingPlan:
 
 
 def _es_beta(width: int, sigma: float) -> float:
-    """Shape of the "exponential of semicircle" kernel (Barnett et al. 2019) for a width and oversampling."""
+    """Shape of the "exponential of semicircle" kernel (Barnett et al. 2019) for W and sigma."""
     return 0.97 * math.pi * width * (1.0 - 0.5 / sigma)
 
 
@@ -98,7 +99,7 @@ def _es_hat(nu: np.ndarray, width: int, beta: float) -> np.ndarray:
 
 
 def _kernel_weights(coord, width: int, beta: float, m: int):
-    """First grid cell (centred order, modulo ``m``, int32) and the ``W`` kernel weights per point."""
+    """First grid cell (centred order, modulo ``m``, int32) and the ``W`` weights per point."""
     import torch
 
     first = torch.floor(coord - width / 2.0) + 1.0
@@ -121,6 +122,16 @@ def _box(x, width: int, dim: int):
         y.narrow(dim, t, n - t).add_(x.narrow(dim, 0, n - t))
         y.narrow(dim, 0, t).add_(x.narrow(dim, n - t, t))
     return y
+
+
+def sort_columns(crow, cols, vals):
+    """Sort the column indices (and values) of a CSR matrix within each row."""
+    import torch
+
+    row_of = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device),
+                                     crow.diff().long())
+    perm = torch.argsort(row_of * (int(cols.max()) + 1 if cols.numel() else 1) + cols.long())
+    return cols[perm], vals[perm]
 
 
 def _spreading_matrix(a, b, width: int, beta: float, m: int, workers: int = 1):
@@ -178,9 +189,7 @@ def _spreading_matrix(a, b, width: int, beta: float, m: int, workers: int = 1):
         for ta in range(width):
             fill(ta)
     if dev.type != "cpu":  # cuSPARSE wants sorted columns within a row: one sort, cheap on a GPU
-        row_of = torch.repeat_interleave(torch.arange(m * m, device=dev), crow.diff())
-        perm = torch.argsort(row_of * k + cols.long())
-        cols, vals = cols[perm], vals[perm]
+        cols, vals = sort_columns(crow, cols, vals)
     rows = None
     counts = crow.diff()
     if 2 * int(torch.count_nonzero(counts)) < m * m:  # skip the empty rows in every product
@@ -273,7 +282,8 @@ def backproject(windows, plan: GriddingPlan):
         spec = torch.fft.fft(torch.complex(windows[r], imag), dim=-1) * plan.phase
         grid = plan.matrix @ torch.view_as_real(spec).view(-1, 2)  # (m * m, 2)
         if plan.rows is not None:
-            grid = torch.zeros((plan.m * plan.m, 2), device=grid.device).index_copy_(0, plan.rows, grid)
+            full = torch.zeros((plan.m * plan.m, 2), device=grid.device)
+            grid = full.index_copy_(0, plan.rows, grid)
         img = torch.fft.ifft2(torch.view_as_complex(grid).view(plan.m, plan.m), norm="forward")
         img = img[plan.row0:plan.row0 + n, plan.col0:plan.col0 + n]
         torch.mul(img.real, deapod, out=out[r])
