@@ -3,6 +3,8 @@
 fail with one line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from tomodl.training.figures import HISTORY_COLUMNS, read_history  # noqa: E402
 from tomodl.training.toy import write_toy_pairs  # noqa: E402
 from tomodl.training.trainer import train  # noqa: E402
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"model_args": {"base_filters": 4, "depth": 3}, "crop_size": 32, "batch_size": 4,
         "lr": 3e-3, "threads": 1}   # 1 thread: tiny ops stall on a busy 2-core machine
 
@@ -134,33 +137,27 @@ def test_bad_config_fails_with_one_line(pairs, tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], res.output
 
 
-def test_cli_writes_the_run(pairs, tmp_path):
+def test_shipped_configs_are_valid():
+    paper = load_config(str(CONFIGS / "paper.toml"))
+    assert (paper.epochs, paper.lr, paper.adam_eps, paper.lr_step, paper.lr_gamma) == \
+        (65, 3e-4, 1e-7, 10, 0.95)
+    assert paper.precision == "amp" and paper.model_args == {"base_filters": 32, "depth": 5,
+                                                             "residual": True}
+    cpu = load_config(str(CONFIGS / "cpu.toml"))
+    assert cpu.arch == "resattunet" and cpu.epochs == 65 and cpu.crop_size % 16 == 0
+
+
+def test_cli_runs_tiny_toml(pairs, tmp_path):
     out = tmp_path / "cli"
-    res = CliRunner().invoke(train_cmd, ["--data", pairs, "--out", str(out), "--arch", "unet",
-                                         "--epochs", "1", "--crop-size", "32", "--set",
-                                         "model_args.base_filters=4", "--set",
-                                         "model_args.depth=2", "--set", "threads=1",
-                                         "--no-progress"])
+    res = CliRunner().invoke(train_cmd, [str(CONFIGS / "tiny.toml"), "--data", pairs, "--out",
+                                         str(out), "--arch", "unet", "--epochs", "1", "--set",
+                                         "model_args.depth=2", "--no-progress"])
     assert res.exit_code == 0, res.output
     for name in ("config.toml", "metrics.csv", "loss.png", "best/model.safetensors",
                  "best/config.json"):
         assert (out / name).is_file(), name
     assert open(out / "metrics.csv").readline().strip() == ",".join(HISTORY_COLUMNS)
-    assert load_config(str(out / "config.toml")).model_args == {"base_filters": 4, "depth": 2}
+    saved = load_config(str(out / "config.toml"))
+    assert saved.model_args == {"base_filters": 4, "depth": 2} and saved.arch == "unet"
     again = CliRunner().invoke(train_cmd, ["--data", pairs, "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in again.output
-
-
-def test_streamed_crops_equal_in_memory_crops(pairs):
-    mem = D.SliceStore([pairs], "train", Policy(), max_slices=5)
-    disk = D.SliceStore([pairs], "train", Policy(), max_slices=5, in_memory=False)
-    assert len(mem) == 5 and mem.shape == (37, 41)
-    for j in range(5):
-        for a, b in zip(mem.crop(j, 3, 4, (32, 32)), disk.crop(j, 3, 4, (32, 32))):
-            assert np.array_equal(a, b)
-    # the target follows the input's affine map: 1st/99th input percentiles -> 0/1
-    x = mem.crop(0, 0, 0, mem.shape)[0]
-    from tomodl.metrics import circle_mask
-
-    lo, hi = np.percentile(x[circle_mask(x.shape)], [1, 99])
-    assert lo == pytest.approx(0, abs=1e-5) and hi == pytest.approx(1, abs=1e-5)

@@ -30,3 +30,11 @@ class SelectionError(TomodlError):
 
 class SimulationError(TomodlError):
     """Simulation parameters that cannot be realised (spheres that cannot fit, zero angles...)."""
+
+
+class ConfigError(TomodlError):
+    """A training configuration is invalid: unknown key, bad value or missing data file."""
+
+
+class PairsFileError(TomodlError):
+    """A pairs file is missing a split or its datasets do not match the documented format."""

@@ -48,7 +48,8 @@ def train(config: Optional[str], overrides: Tuple[str, ...], resume: bool,
 
     CONFIG is a TOML file (configs/paper.toml, configs/cpu.toml); without it the defaults
     apply and --data is required.  Writes config.toml, metrics.csv, loss.png, checkpoints/
-    and best/ (a weights folder for `tomodl recon --model`) into --out.
+    and best/ (a weights folder for `tomodl recon --algorithm fbp+ARCH --model`)
+    into --out.
     """
     from tomodl.training.config import from_mapping, load_config
     from tomodl.training.distributed import dist_info

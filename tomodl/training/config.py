@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from tomodl.errors import TomodlError
+from tomodl.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,10 +30,6 @@ PRECISIONS = {
 }
 #: training losses by name (the paper uses MSE)
 LOSSES = {"mse": "mean squared error", "l1": "mean absolute error"}
-
-
-class ConfigError(TomodlError):
-    """A training configuration is invalid: unknown key, bad value or missing data file."""
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-from tomodl.errors import TomodlError
+from tomodl.errors import PairsFileError
 from tomodl.normalization import Policy
+from tomodl.sim.pairs import SPLITS  # noqa: F401  (re-exported: the pairs file's groups)
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-class PairsFileError(TomodlError):
-    """A pairs file is missing a split or its datasets do not match the documented format."""
 
 
 def read_metadata(path: str) -> Dict:
