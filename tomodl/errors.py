@@ -38,3 +38,7 @@ class ConfigError(TomodlError):
 
 class PairsFileError(TomodlError):
     """A pairs file is missing a split or its datasets do not match the documented format."""
+
+
+class ChunkError(TomodlError):
+    """A chunk of rows failed; finished chunks are kept in the partial output for a rerun."""

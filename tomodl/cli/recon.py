@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from tomodl.cli._common import OneLineCommand, handle_errors
+from tomodl.cli._common import OneLineCommand, handle_errors, setup_logging
 from tomodl.io.writers import SAVE_FORMATS
 from tomodl.models.inference import DTYPES
 from tomodl.recon.api import ALGORITHMS
@@ -44,6 +44,28 @@ class AxisType(click.ParamType):
             self.fail(f"{value!r} is neither a number of pixels nor 'auto'", param, ctx)
 
 
+class MemoryType(click.ParamType):
+    """A memory size: bytes, or a number with a unit (512M, 8G, 1.5GiB)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from tomodl.recon.budget import parse_memory
+
+        try:
+            return parse_memory(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def _raise_verbosity(verbose: int) -> None:
+    """Apply ``recon -v`` like ``tomodl -v`` (the larger of the two counts wins)."""
+    ctx = click.get_current_context().find_root()
+    ctx.obj = dict(ctx.obj or {})
+    ctx.obj["verbose"] = max(int(ctx.obj.get("verbose", 0)), verbose)
+    setup_logging(ctx.obj["verbose"])
+
+
 @click.command(cls=OneLineCommand)
 @click.argument("scan", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--rotation-axis", type=AxisType(), default="auto", show_default=True,
@@ -62,7 +84,10 @@ class AxisType(click.ParamType):
 @click.option("--end-row", type=int, default=None,
               help="Row after the last one (exclusive; default all rows).")
 @click.option("--nsino-per-chunk", type=click.IntRange(min=1), default=None,
-              help="Rows per chunk (default: from a 2 GB memory budget).")
+              help="Rows per chunk (default: from --max-memory).")
+@click.option("--max-memory", type=MemoryType(), default=None,
+              help="Memory for the data in flight, e.g. 8G (per worker with Dask; default: "
+                   "half the available RAM). Sets the chunk size.")
 @click.option("--fbp-filter", type=click.Choice(list(FILTERS)), default="shepp",
               show_default=True, help="FBP filter (TomoPy's definitions).")
 @click.option("--save-format", type=click.Choice(_save_formats()), default="tiff",
@@ -71,7 +96,14 @@ class AxisType(click.ParamType):
               help="Output (default next to SCAN: <stem>_rec/ for TIFF, <stem>_rec.h5, "
                    "<stem>_rec.zarr, <stem>_try/ in try mode).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted reconstruction.")
+@click.option("--resume/--no-resume", default=None,
+              help="Continue an interrupted run (refusing other settings) / always start "
+                   "again.  Default: continue it when the settings are the same.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run on a local Dask cluster of N worker processes (loopback only).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask cluster: its address (tcp://10.0.0.5:8786) or "
+                   "scheduler file; the scan and weights must be readable on every worker.")
 @click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="fbp",
               show_default=True, help="FBP alone, or FBP followed by a denoising network.")
 @click.option("--model", default=None,
@@ -84,12 +116,15 @@ class AxisType(click.ParamType):
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--ncore", type=click.IntRange(min=1), default=None, help="CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")
+              help="Progress bar on stderr (slices/s and time left).")
+@click.option("-v", "--verbose", count=True,
+              help="Log the chunk plan and, at the end, the busy seconds of each stage "
+                   "(same as 'tomodl -v recon').")
 @handle_errors
 def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_search_width,
-          center_search_step, start_row, end_row, nsino_per_chunk, fbp_filter, save_format,
-          out_path, overwrite, resume, algorithm, model, dtype, batch_size, device, ncore,
-          progress):
+          center_search_step, start_row, end_row, nsino_per_chunk, max_memory, fbp_filter,
+          save_format, out_path, overwrite, resume, workers, scheduler, algorithm, model, dtype,
+          batch_size, device, ncore, progress, verbose):
     """Reconstruct SCAN (DXchange or NeXus NXtomo HDF5), chunk by chunk.
 
     Reads only the rows of each chunk, normalizes with the flats and darks, takes -log,
@@ -98,13 +133,17 @@ def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_
     """
     from tomodl.recon.pipeline import ReconConfig, reconstruct_file
 
+    if verbose:
+        _raise_verbosity(verbose)
     cfg = ReconConfig(
         algorithm=algorithm, center=rotation_axis, center_method=center_method,
         reconstruction_type=reconstruction_type, center_search_width=center_search_width,
         center_search_step=center_search_step, filter_name=fbp_filter, start_row=start_row,
-        end_row=end_row, nsino_per_chunk=nsino_per_chunk, save_format=save_format,
-        out_path=out_path, overwrite=overwrite, resume=resume, model=model,
-        batch_size=batch_size, dtype=dtype, device=device, ncore=ncore, progress=progress,
+        end_row=end_row, nsino_per_chunk=nsino_per_chunk, max_memory=max_memory,
+        save_format=save_format, out_path=out_path, overwrite=overwrite,
+        resume="auto" if resume is None else resume, workers=workers, scheduler=scheduler,
+        model=model, batch_size=batch_size, dtype=dtype, device=device, ncore=ncore,
+        progress=progress,
     )
     command = shlex.join(["tomodl"] + sys.argv[1:])
     res = reconstruct_file(scan, cfg, command=command)
@@ -113,6 +152,10 @@ def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_
         click.echo(f"Rotation axis ({axis}) {res.center:.2f} px; wrote {res.n_slices} trial "
                    f"centres +-{center_search_width:g} px in {res.seconds:.1f} s to {res.path}")
     else:
-        click.echo(f"Rotation axis ({axis}) {res.center:.2f} px; reconstructed {res.n_slices} "
-                   f"slices in {res.seconds:.1f} s")
+        again = "" if res.n_computed == res.n_slices else \
+            f" ({res.n_slices - res.n_computed} were already done)"
+        rate = res.n_computed / res.seconds if res.seconds > 0 else float("nan")
+        click.echo(f"Rotation axis ({axis}) {res.center:.2f} px; reconstructed {res.n_computed} "
+                   f"of {res.n_slices} slices{again} in {res.seconds:.1f} s ({rate:.1f} slices/s, "
+                   f"chunks of {res.chunk_rows} rows)")
         click.echo(f"Output: {res.path}")

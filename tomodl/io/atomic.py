@@ -196,7 +196,15 @@ class OutputLock:
 
     def __init__(self, out_path: Any):
         self.path = Path(out_path).with_name(Path(out_path).name + ".lock")
-        self._fh = open(self.path, "a+")
+        for _ in range(10):     # retry when the file was deleted by its releasing holder
+            self._fh = open(self.path, "a+")
+            if not self._lock(out_path) or self._still_linked():
+                return
+            self._fh.close()
+        raise OutputError(f"Cannot lock {str(self.path)!r}: other processes keep replacing it; "
+                          "check that no other tomodl run writes this output")
+
+    def _lock(self, out_path: Any) -> bool:
         try:
             import fcntl
 
@@ -210,6 +218,14 @@ class OutputLock:
         except (ImportError, OSError) as err:
             logger.warning("%s: no file lock (%s); do not start two runs on one output",
                            self.path, err)
+            return False
+        return True
+
+    def _still_linked(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         """Delete the lock file and unlock (closing the file drops the lock)."""

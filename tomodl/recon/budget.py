@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Memory budget of a chunked reconstruction: how many detector rows fit in one chunk.
+
+A run keeps several chunks alive at once (:mod:`tomodl.recon.conveyor`): one being read and
+pre-processed, ``queue_depth`` waiting to be reconstructed, one being reconstructed,
+``queue_depth`` waiting to be written and one being written.  Per detector row of a chunk, with
+``A`` angles, ``F`` flats + darks, ``D`` detector columns and an ``N x N`` output grid, the bytes
+alive are (float32 everywhere):
+
+==========================  =====================================================
+reader                      ``4 D (3 A + F)``: raw frames, normalized, ``-log``
+input queue                 ``4 D A`` per queued chunk
+reconstruction              ``4 D A`` (line integrals) + ``4 D A`` (sinogram copy)
+                            + ``4 N^2`` (FBP slices) [+ ``4 N^2`` denoised slices]
+output queue and writer     ``4 N^2`` per chunk
+==========================  =====================================================
+
+On top come fixed amounts that do not grow with the chunk: the FBP workspace (each CPU thread
+filters and back-projects two rows at a time: padded sinograms, FFT buffers and an
+oversampled grid, :func:`fbp_workspace`) and, with a denoiser on the CPU, its weights and
+activations (:func:`denoiser_budget`, passed on as ``max_memory`` to
+:func:`tomodl.models.inference.denoise`).  ``scripts/bench_volume.py`` prints this estimate
+next to the measured peak RSS.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+#: Fraction of the available RAM used when no ``max_memory`` is given.
+MEMORY_FRACTION = 0.5
+#: At least this many chunks (when there are that many rows): reading and writing then
+#: overlap the computation, and the progress bar moves.
+MIN_CHUNKS = 8
+#: Bytes per (angle x padded detector column) and per output pixel of one row in the FBP
+#: workspace (complex128 padded rows, complex64 2x oversampled grid; conservative).
+FBP_BYTES_PER_SINO_PIXEL = 48
+FBP_BYTES_PER_GRID_PIXEL = 32
+#: Slices per denoiser batch that the budget is sized for on the CPU (more does not speed up).
+DENOISE_BATCH = 4
+#: Units accepted by :func:`parse_memory` (powers of 1024; ``GB`` = ``GiB``).
+MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+                "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
+                "tib": 2**40}
+
+
+def parse_memory(value: Any) -> int:
+    """Bytes from ``4096``, ``"512M"``, ``"2.5G"``, ``"8GiB"`` (units :data:`MEMORY_UNITS`).
+
+    Raises
+    ------
+    ValueError
+        Not a positive size with a known unit.
+    """
+    if isinstance(value, (int, float)) and value > 0:
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in MEMORY_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"memory size {value!r} is not understood; write e.g. 512M, 8G or a "
+                         f"number of bytes (units {sorted(set(MEMORY_UNITS) - {''})})")
+    return int(float(match.group(1)) * MEMORY_UNITS[unit])
+
+
+def default_max_memory() -> int:
+    """:data:`MEMORY_FRACTION` of the available RAM, bytes."""
+    from tomodl.models.memory import available_ram
+
+    return int(MEMORY_FRACTION * available_ram())
+
+
+def fbp_workspace(n_angles: int, n_det: int, n_grid: int, threads: int) -> int:
+    """Bytes of FBP scratch memory: ``threads`` tasks of two rows each (see module docstring)."""
+    pad = 2 ** math.ceil(math.log2(max(2 * n_det, 2)))
+    per_row = FBP_BYTES_PER_SINO_PIXEL * n_angles * pad + FBP_BYTES_PER_GRID_PIXEL * n_grid ** 2
+    return int(2 * max(1, threads) * per_row)
+
+
+def denoiser_budget(module: Any, n_grid: int, dtype: Any, budget: int) -> int:
+    """``max_memory`` for the denoiser: a batch of :data:`DENOISE_BATCH` slices, at most half
+    the run's budget (larger slices are then tiled by the denoiser itself)."""
+    from tomodl.models.memory import IO_BYTES_PER_PIXEL, bytes_per_pixel, fixed_bytes
+
+    m = int(module.size_multiple)
+    padded = (m * math.ceil(n_grid / m)) ** 2
+    want = fixed_bytes(module) + DENOISE_BATCH * padded * (bytes_per_pixel(module, dtype)
+                                                           + IO_BYTES_PER_PIXEL)
+    return int(min(want, budget // 2))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated memory of a run: ``fixed + rows * per_row`` bytes; ``rows`` per chunk."""
+
+    fixed: int
+    per_row: int
+    rows: int
+    budget: int
+
+    @property
+    def peak(self) -> int:
+        """Estimated peak bytes above the interpreter and libraries."""
+        return self.fixed + self.rows * self.per_row
+
+
+def per_row_bytes(info: Any, n_grid: int, queue_depth: int, denoised: bool) -> int:
+    """Bytes alive per detector row of a chunk (module docstring table)."""
+    a, d = info.n_angles, info.n_det
+    frames = 4 * d * (3 * a + info.n_flat + info.n_dark + queue_depth * a + 2 * a)
+    slices = 4 * n_grid ** 2 * ((2 if denoised else 1) + queue_depth + 1)
+    return int(frames + slices)
+
+
+def plan_memory(info: Any, n_rows: int, *, n_grid: int, queue_depth: int, budget: int,
+                fixed: int, denoised: bool, nsino_per_chunk: Optional[int] = None
+                ) -> MemoryPlan:
+    """Rows per chunk: ``nsino_per_chunk``, else as many as fit ``budget`` (even, so that the
+    FBP's row pairs are the same in every run, and at most ``n_rows / MIN_CHUNKS``).
+
+    Raises
+    ------
+    ValueError
+        ``budget`` cannot hold even one row.
+    """
+    per_row = per_row_bytes(info, n_grid, queue_depth, denoised)
+    if nsino_per_chunk is not None:
+        return MemoryPlan(fixed, per_row, min(int(nsino_per_chunk), n_rows), budget)
+    fit = (budget - fixed) // per_row
+    if fit < 1:
+        need = (fixed + per_row) / 2**20
+        raise ValueError(f"max_memory {budget / 2**20:.1f} MiB is too small for this scan: it "
+                         f"needs {fixed / 2**20:.1f} MiB of FBP/denoiser workspace plus "
+                         f"{per_row / 2**20:.1f} MiB per row of a chunk; pass --max-memory "
+                         f"{math.ceil(need)}M or more, or fewer threads with --ncore")
+    rows = int(min(fit, max(1, math.ceil(n_rows / MIN_CHUNKS))))
+    if rows > 1:
+        rows -= rows % 2
+    return MemoryPlan(fixed, per_row, rows, budget)
+
+
+def cpu_threads(ncore: Optional[int]) -> int:
+    """Threads one FBP call uses: ``ncore`` or every core."""
+    return int(ncore) if ncore else (os.cpu_count() or 1)

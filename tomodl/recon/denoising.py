@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The denoising step of a file reconstruction, described so that any process can load it.
+
+:class:`ModelSpec` is a small picklable record (architecture, weights folder, weights SHA-256,
+compute dtype, batch size, memory budget): the driver builds it once with :func:`prepare_model`
+(which also loads and checks the weights), Dask workers load the same weights from it once each
+(:mod:`tomodl.recon.distributed`), and it goes into the output's provenance.  The compute dtype
+is resolved on the driver (``"auto"`` may mean bfloat16 on one CPU and float32 on another), so
+every process computes the same numbers.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from tomodl.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A denoiser as loaded by :func:`prepare_model`.
+
+    Attributes
+    ----------
+    arch : str
+        Registered network (``"resattunet"``, ``"unet"``).
+    source : str
+        Absolute path of the weights folder.
+    sha256 : str
+        SHA-256 of ``model.safetensors`` (checked again by every process that loads it).
+    dtype : str
+        Compute dtype (``"float32"``, ``"bfloat16"``, ``"float16"``), resolved.
+    batch_size : int or None
+        Slices per forward pass (None: from ``max_memory``).
+    max_memory : int or None
+        Bytes the network may use on the CPU (None: the denoiser's default, e.g. on CUDA).
+    sparse_factor : int or None
+        Angular subsampling the weights were trained for.
+    filter_name : str or None
+        FBP filter of the training inputs.
+    """
+
+    arch: str
+    source: str
+    sha256: str
+    dtype: str
+    batch_size: Optional[int] = None
+    max_memory: Optional[int] = None
+    sparse_factor: Optional[int] = None
+    filter_name: Optional[str] = None
+
+    def load(self) -> Any:
+        """Load the :class:`~tomodl.models.inference.Denoiser` (checks the SHA-256)."""
+        from tomodl.models.inference import load_denoiser
+
+        den = load_denoiser(self.arch, self.source)
+        if den.config is None or den.config.sha256 != self.sha256:
+            raise WeightsError(f"weights {self.source!r} changed during the run (SHA-256 "
+                               f"{self.sha256[:12]}... expected); rerun with stable weights")
+        return den
+
+    def step(self, den: Any) -> Callable[..., Any]:
+        """``step(slices, device=..., ncore=...)`` denoising ``(n, N, N)`` slices with ``den``."""
+        from tomodl.models.inference import denoise
+
+        def run(slices, device="auto", ncore=None):
+            return denoise(slices, den, batch_size=self.batch_size or "auto", device=device,
+                           dtype=self.dtype, max_memory=self.max_memory, ncore=ncore)
+
+        return run
+
+    def provenance(self) -> Dict[str, Any]:
+        """The record stored in the output: name, weights and their hash, dtype, contract."""
+        return {"name": self.arch, "weights": self.source, "sha256": self.sha256,
+                "dtype": self.dtype, "trained_sparse_factor": self.sparse_factor,
+                "trained_filter": self.filter_name}
+
+
+def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
+                  batch_size: Optional[int], device: str, filter_name: str,
+                  n_grid: int, budget: int) -> Tuple[Optional[ModelSpec], Any]:
+    """Load the denoiser of a run once and describe it; ``(None, None)`` without one.
+
+    Parameters
+    ----------
+    arch : str or None
+        Network of the ``fbp+<arch>`` algorithm (None: plain FBP).
+    model : None, str or path
+        Weights folder or released name (None: the released weights of ``arch``).
+    dtype, batch_size, device
+        Denoiser options (``dtype`` None means ``"auto"``).
+    filter_name : str
+        FBP filter of the run (a mismatch with the weights' training filter is logged).
+    n_grid : int
+        Slice size ``N``; with ``budget`` it sizes the network's CPU memory
+        (:func:`tomodl.recon.budget.denoiser_budget`).
+
+    Returns
+    -------
+    spec : ModelSpec or None
+    denoiser : tomodl.models.inference.Denoiser or None
+    """
+    if arch is None:
+        return None, None
+    from pathlib import Path
+
+    from tomodl.backend import resolve_device
+    from tomodl.models.inference import load_denoiser, resolve_dtype
+    from tomodl.recon.budget import denoiser_budget
+
+    den = load_denoiser(arch, model)
+    dev = resolve_device(device)
+    cdtype = resolve_dtype(dtype or "auto", dev)
+    if den.filter_name is not None and den.filter_name != filter_name:
+        logger.warning("the %s weights were trained on FBP with filter %r, not %r", arch,
+                       den.filter_name, filter_name)
+    max_memory = denoiser_budget(den.module, n_grid, cdtype, budget) if dev.type == "cpu" else None
+    spec = ModelSpec(arch=arch, source=str(Path(den.source).resolve()), sha256=den.config.sha256,
+                     dtype=str(cdtype).replace("torch.", ""), batch_size=batch_size,
+                     max_memory=max_memory, sparse_factor=den.sparse_factor,
+                     filter_name=den.filter_name)
+    return spec, den
