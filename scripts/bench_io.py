@@ -16,7 +16,8 @@ write_dx("sino.h5", proj, None, None, theta, overwrite=True)
 for name, chunks in (("contig", None), ("perproj", (1, 64, 1024))):
     with h5py.File(f"{name}.h5", "w") as f:
         f.create_dataset("/exchange/data", data=proj, chunks=chunks)
-        f["/exchange/theta"] = np.rad2deg(theta); f["/exchange/theta"].attrs["units"] = "deg"
+        f["/exchange/theta"] = np.rad2deg(theta)
+        f["/exchange/theta"].attrs["units"] = "deg"
 print("write_dx chunks", sinogram_chunks(shape, 2))
 for name in ("sino", "contig", "perproj"):
     for sel, kw in (("4 rows", dict(sino=(30, 34))), ("1 proj", dict(proj=(100, 101)))):

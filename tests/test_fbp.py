@@ -123,7 +123,10 @@ def test_csr_column_sort_for_cuda():
     plan = make_plan(np.linspace(0, 3, 9), 24, 41, 12.0, torch.device("cpu"))
     a = plan.matrix
     cols, vals = sort_columns(a.crow_indices(), a.col_indices(), a.values())
-    b = torch.sparse_csr_tensor(a.crow_indices(), cols, vals, size=a.shape)
+    # opting in to the invariant checks also validates the sorted matrix (and silences torch's
+    # "invariant checks are implicitly disabled" warning)
+    b = torch.sparse_csr_tensor(a.crow_indices(), cols, vals, size=a.shape,
+                                check_invariants=True)
     x = torch.randn(a.shape[1], 2)
     torch.testing.assert_close(a @ x, b @ x, rtol=1e-5, atol=1e-5)
     crow = a.crow_indices()

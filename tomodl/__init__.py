@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""tomodl: sparse-view synchrotron tomography with TomoPy-compatible FBP and deep-learning denoising.
+"""tomodl: sparse-view synchrotron tomography, TomoPy-compatible FBP and deep-learning denoising.
 
 The public entry points are :func:`tomodl.recon` (a drop-in for ``tomopy.recon``),
 :func:`tomodl.tomopy_algorithm` (a callable for ``tomopy.recon(..., algorithm=f)``) and

@@ -42,7 +42,8 @@ def resolve_device(device: Any = "auto") -> "torch.device":  # noqa: F821
     else:
         name = str(device)
         if name.split(":")[0] not in DEVICES:
-            raise ValueError(f"Unknown device {device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
+            raise ValueError(
+                f"Unknown device {device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
         dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use device='cpu'")

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Rotation-axis (centre) finding: sinogram estimates refined by reconstruction sharpness.
 
-Two cheap estimates come from the sinogram of one detector row, and a reconstruction
-criterion decides:
+Two cheap estimates come from the sinogram of one detector row
+(:mod:`tomodl.recon.center_estimates`), and a reconstruction criterion decides:
 
 ``"com"``
     Helgason-Ludwig consistency: the centre of mass of every projection of a parallel-beam
@@ -41,11 +41,11 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from tomodl.metrics import circle_mask
+from tomodl.recon.center_estimates import (com_center, is_truncated, registration_center,
+                                           regular_coverage)
 
 logger = logging.getLogger(__name__)
 
-#: Largest projected-mass variation (std / mean) for which the centre-of-mass fit is trusted.
-COM_MAX_MASS_CV = 0.05
 #: Largest reconstruction grid of the coarse sharpness search (larger detectors are binned).
 SCORE_GRID = 512
 #: Largest grid of the final sub-pixel search (detectors wider than this are binned by 2, 4..).
@@ -216,127 +216,9 @@ def _refine(sino: np.ndarray, theta: np.ndarray, start: float, opts: _Opts,
     return _vertex(xs, score(xs))
 
 
-# -- sinogram estimates -----------------------------------------------------------------------
-def _edges(sino: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Mean of each projection's edge strips (2 % of the width each side) and the strip width."""
-    k = max(2, sino.shape[1] // 50)
-    return sino[:, :k].mean(axis=1), sino[:, -k:].mean(axis=1), k
-
-
-def _truncated(sino: np.ndarray) -> bool:
-    """True when the sample reaches the detector edges (edge strips above 5 % of the maximum)."""
-    left, right, _ = _edges(sino)
-    return bool(max(np.abs(left).max(), np.abs(right).max()) > 0.05 * np.abs(sino).max())
-
-
-def _remove_baseline(sino: np.ndarray) -> np.ndarray:
-    """Subtract a straight line through the edge strips of each projection (air, see
-    :func:`_truncated`): a background offset, e.g. from flat-field drift, would pull the centre
-    of mass toward the middle."""
-    n = sino.shape[1]
-    left, right, k = _edges(sino)
-    a, b = (k - 1) / 2.0, n - 1 - (k - 1) / 2.0
-    t = (np.arange(n) - a) / (b - a)
-    return sino - (left[:, None] + (right - left)[:, None] * t[None, :])
-
-
-def _center_of_mass(sino: np.ndarray, theta: np.ndarray) -> Optional[float]:
-    """Centre from the sinusoid fitted to the projections' centres of mass (None if unsafe)."""
-    if _truncated(sino):
-        logger.info("centre of mass not used: the sample reaches the detector edges")
-        return None
-    sino = _remove_baseline(sino)
-    mass = sino.sum(axis=1)
-    if not np.all(mass > 0):
-        return None
-    cv = float(mass.std() / mass.mean())
-    design = np.stack([np.cos(theta), np.sin(theta), np.ones_like(theta)], axis=1)
-    if cv > COM_MAX_MASS_CV or np.linalg.cond(design) > 1e3:
-        logger.info("centre of mass not used (projected mass varies by %.1f %% or angle range "
-                    "too narrow)", 100 * cv)
-        return None
-    m1 = sino @ np.arange(sino.shape[1], dtype=np.float64) / mass
-    coef, *_ = np.linalg.lstsq(design, m1, rcond=None)
-    return float(coef[2])
-
-
-def _wrap(x):
-    """Angles wrapped to ``(-pi, pi]``."""
-    return np.angle(np.exp(1j * np.asarray(x)))
-
-
-def _pairs(theta: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs ``(i, j)`` of angles about ``pi`` apart (within one angular step) and their
-    signed mismatch ``delta = theta_j - theta_i - pi`` (wrapped)."""
-    t = np.mod(theta, 2 * np.pi)
-    steps = np.diff(np.unique(t))
-    tol = 1.01 * (float(np.median(steps)) if steps.size else 0.0) + 1e-6
-    delta = _wrap(t[None, :] - t[:, None] - np.pi)
-    j = np.argmin(np.abs(delta), axis=1)
-    i = np.arange(t.size)
-    d = delta[i, j]
-    keep = (np.abs(d) <= tol) & (i < j)
-    return i[keep], j[keep], d[keep]
-
-
-def _at_angle(sino: np.ndarray, theta: np.ndarray, i: int, delta: float) -> np.ndarray:
-    """Projection at ``theta[i] + delta``, linearly inter/extrapolated from the nearest other
-    measured angle (second-order accurate; ``sino[i]`` itself when ``delta`` is ~0)."""
-    if abs(delta) < 1e-6:
-        return sino[i]
-    dist = _wrap(theta - theta[i])
-    dist[i] = np.inf
-    side = np.where(np.sign(dist) == np.sign(delta), np.abs(dist), np.inf)
-    k = int(np.argmin(side)) if np.isfinite(side.min()) else int(np.argmin(np.abs(dist)))
-    return sino[i] + (delta / dist[k]) * (sino[k] - sino[i])
-
-
-def _registration(sino: np.ndarray, theta: np.ndarray) -> Optional[float]:
-    """Centre from the cross-correlation of projections with their mirrored partners.
-
-    The partner of angle ``theta_i`` is the projection at ``theta_j`` about ``pi`` later; when
-    they are not exactly ``pi`` apart (a 180-degree scan without its end angle), the projection
-    at ``theta_j - pi`` is interpolated from ``theta_i`` and its neighbour.
-    """
-    from scipy.ndimage import gaussian_filter1d
-
-    i, j, d = _pairs(theta)
-    if i.size == 0:
-        return None
-    n = sino.shape[1]
-    m = 2 * n
-    a = np.stack([_at_angle(sino, theta, ii, dd) for ii, dd in zip(i, d)])
-    # smoothed derivatives: immune to a background offset and zero outside the sample (no
-    # bias toward lag 0 from the zero padding), with the noise of one pair averaged down
-    a = gaussian_filter1d(a, 2.0, axis=1, order=1, mode="nearest")
-    b = gaussian_filter1d(sino[j, ::-1], 2.0, axis=1, order=1, mode="nearest")
-    # xc[t] = sum_u b(u + t) a(u); b(u) = a(u + 2c - n + 1) peaks at t = n - 1 - 2c
-    spec = (np.fft.rfft(b, m, axis=1) * np.conj(np.fft.rfft(a, m, axis=1))).sum(axis=0)
-    k = int(np.argmax(np.fft.irfft(spec, m)))
-    lag = k if k < n else k - m
-    taus = lag + np.linspace(-1.0, 1.0, 65)
-    freq = np.arange(spec.size)
-    weight = np.where((freq == 0) | (2 * freq == m), 1.0, 2.0)
-    xc = (weight * spec * np.exp(2j * np.pi * np.outer(taus, freq) / m)).real.sum(axis=1)
-    return (n - 1 - float(taus[int(np.argmax(xc))])) / 2.0
-
-
-def _regular_coverage(theta: np.ndarray) -> bool:
-    """True when the angles sample ``[0, pi)`` (modulo ``pi``) without large gaps, so that FBP
-    (equal angular weights) is artefact-free enough for the sharpness criterion."""
-    t = np.sort(np.mod(theta, np.pi))
-    t = t[np.append(True, np.diff(t) > 1e-4)]
-    if t.size > 1 and t[-1] > np.pi - 1e-4:
-        t = t[:-1]
-    if t.size < 3:
-        return False
-    gaps = np.diff(np.append(t, t[0] + np.pi))
-    return bool(gaps.max() <= 2.0 * np.pi / t.size)
-
-
 # -- methods ----------------------------------------------------------------------------------
 def _method_com(sino, theta, init, opts) -> float:
-    c = _center_of_mass(sino, theta)
+    c = com_center(sino, theta)
     if c is None:
         raise ValueError("method='com' needs a sample inside the field of view (constant "
                          "projected mass) and angles spanning more than a few degrees; use "
@@ -345,7 +227,7 @@ def _method_com(sino, theta, init, opts) -> float:
 
 
 def _method_registration(sino, theta, init, opts) -> float:
-    c = _registration(sino, theta)
+    c = registration_center(sino, theta)
     if c is None:
         raise ValueError("method='registration' needs projections 180 degrees apart; use "
                          "method='auto', 'com' or 'sharpness'")
@@ -358,13 +240,13 @@ def _method_sharpness(sino, theta, init, opts) -> float:
 
 
 def _method_auto(sino, theta, init, opts) -> float:
-    found = {"com": _center_of_mass(sino, theta), "registration": _registration(sino, theta),
+    found = {"com": com_center(sino, theta), "registration": registration_center(sino, theta),
              "init": init}
     n_det = sino.shape[1]
     cands = {k: float(v) for k, v in found.items() if v is not None and 0 <= v <= n_det - 1}
     logger.info("centre estimates: %s", ", ".join(f"{k} {v:.2f}" for k, v in cands.items()))
     fallback = next((k for k in ("com", "registration", "init") if k in cands), None)
-    why = ("the angles do not sample [0, pi) evenly" if not _regular_coverage(theta) else
+    why = ("the angles do not sample [0, pi) evenly" if not regular_coverage(theta) else
            "the sample reaches the detector edges" if opts.background is not None else None)
     if why is not None:
         if fallback is not None:
@@ -447,7 +329,7 @@ def find_center(tomo, theta, *, ind: Optional[int] = None, method: str = "auto",
         raise ValueError(f"Unknown centre method {method!r}; choose one of "
                          f"{sorted(CENTER_METHODS)}") from None
     sino, th, ind = _row(tomo, theta, ind, sinogram_order)
-    background = TRUNCATED_BACKGROUND if _truncated(sino) else None
+    background = TRUNCATED_BACKGROUND if is_truncated(sino) else None
     if background is not None:
         logger.info("row %d: the sample reaches the detector edges; scoring band-passed slices",
                     ind)
