@@ -13,13 +13,12 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
-import tifffile
 from click.testing import CliRunner
 
 from tomodl.cli import main
+from tomodl.io import read_volume as read_back_volume
 
 N_ROWS = 64
 OUT_NAME = {"h5": "rec.h5", "tiff": "rec_tiff", "zarr": "rec.zarr"}
@@ -39,14 +38,7 @@ def scan(tmp_path_factory):
 
 
 def read_volume(fmt, path):
-    if fmt == "h5":
-        with h5py.File(path, "r") as f:
-            return f["/exchange/data"][()]
-    if fmt == "tiff":
-        return np.stack([tifffile.imread(p) for p in sorted(path.glob("recon_*.tiff"))])
-    import zarr
-
-    return zarr.open_array(store=str(path), mode="r")[...]
+    return read_back_volume(path, fmt)
 
 
 def progress(out):

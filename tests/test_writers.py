@@ -14,7 +14,8 @@ import pytest
 
 import tomodl
 from tomodl.errors import OutputError
-from tomodl.io import SAVE_FORMATS, check_output_path, open_writer, write_png, write_volume
+from tomodl.io import (SAVE_FORMATS, check_output_path, open_writer, read_volume, write_png,
+                       write_volume)
 
 SHAPE = (7, 9, 11)  # odd sizes, non-square slices
 PROV = {"command": "tomodl recon scan.h5 --center 4.5", "algorithm": "fbp+resattunet",
@@ -30,17 +31,7 @@ def vol():
 
 
 def read_back(fmt, path):
-    path = Path(path)
-    if fmt == "h5":
-        with h5py.File(path, "r") as f:
-            return f["/exchange/data"][()]
-    if fmt == "tiff":
-        import tifffile
-
-        return np.stack([tifffile.imread(p) for p in sorted(path.glob("recon_*.tiff"))])
-    import zarr
-
-    return zarr.open_array(store=str(path), mode="r")[...]
+    return read_volume(path, fmt)
 
 
 def provenance_of(fmt, path):

@@ -30,7 +30,8 @@ from tomodl.io.atomic import fsync_dir, write_json_atomic
 from tomodl.io.volume_writer import (RESUME_IGNORED_KEYS, VolumeWriter, read_progress,
                                      resume_conflicts)
 
-__all__ = ["SAVE_FORMATS", "open_writer", "write_volume", "write_png", "VolumeWriter",
+__all__ = ["SAVE_FORMATS", "open_writer", "write_volume", "read_volume", "write_png",
+           "VolumeWriter",
            "H5Writer", "TiffWriter", "ZarrWriter", "read_progress", "resume_conflicts",
            "RESUME_IGNORED_KEYS"]
 
@@ -204,6 +205,37 @@ def open_writer(fmt: str, out_path: Any, shape: Tuple[int, int, int], *, provena
                          ) from None
     return cls(out_path, shape, provenance=provenance, overwrite=overwrite, resume=resume,
                inputs=inputs)
+
+
+def read_volume(path: Any, fmt: str) -> np.ndarray:
+    """Read back a finished volume written by :func:`open_writer` (any of :data:`SAVE_FORMATS`).
+
+    Parameters
+    ----------
+    path : path-like
+        The output: an HDF5 file, a TIFF-stack directory (``recon_*.tiff``) or a Zarr store.
+    fmt : str
+        One of :data:`SAVE_FORMATS`.
+
+    Returns
+    -------
+    ndarray, shape (n_slices, N, N), float32
+    """
+    if fmt not in SAVE_FORMATS:
+        raise ValueError(f"Unknown save format {fmt!r}; choose one of {sorted(SAVE_FORMATS)}")
+    path = Path(path)
+    if fmt == "h5":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return f["/exchange/data"][()]
+    if fmt == "tiff":
+        import tifffile
+
+        return np.stack([tifffile.imread(p) for p in sorted(path.glob("recon_*.tiff"))])
+    import zarr
+
+    return zarr.open_array(store=str(path), mode="r")[...]
 
 
 def write_volume(out_path: Any, volume, fmt: str = "h5", *, provenance: Mapping,
