@@ -74,3 +74,15 @@ def tooth_path() -> Path:
     if not TOOTH.is_file():
         pytest.skip(f"shared real data not found at {TOOTH}")
     return TOOTH
+
+
+def save_tiny_unet(folder: Path, **config) -> Path:
+    """Save a tiny untrained U-Net (base 4, depth 2) as a weights folder; ``config`` goes to
+    ``save_weights`` (e.g. ``filter_name``, ``sparse_factor``).  An untrained residual network
+    returns its input, so outputs stay checkable."""
+    from tomodl.models.registry import create_model
+    from tomodl.models.weights import save_weights
+
+    args = {"base_filters": 4, "depth": 2}
+    return save_weights(create_model("unet", **args), folder, arch="unet", model_args=args,
+                        **config)

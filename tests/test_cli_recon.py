@@ -11,6 +11,7 @@ import tomodl
 from tomodl.cli import main
 from tomodl.io import read_dx
 from tomodl.recon.preprocess import minus_log, normalize
+from conftest import save_tiny_unet
 
 
 def run(*args):
@@ -160,12 +161,7 @@ def test_verbose_shows_the_traceback(tiny_scan):
 
 def test_fbp_plus_model_from_a_weights_folder(tiny_scan, tmp_path):
     pytest.importorskip("torch")
-    from tomodl.models.registry import create_model
-    from tomodl.models.weights import save_weights
-
-    args = {"base_filters": 4, "depth": 2}
-    weights = save_weights(create_model("unet", **args), tmp_path / "w", arch="unet",
-                           model_args=args, filter_name="shepp", sparse_factor=1)
+    weights = save_tiny_unet(tmp_path / "w", filter_name="shepp", sparse_factor=1)
     out = tmp_path / "dl.h5"
     res = run("recon", tiny_scan.path, "--algorithm", "fbp+unet", "--model", weights,
               "--dtype", "float32", "--batch-size", 2, "--rotation-axis", 17.3,

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_scan
+from conftest import save_tiny_unet, write_scan
 
 from tomodl.cli import main
 
@@ -31,15 +31,10 @@ def read_h5(path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A scan, tiny random U-Net weights, and the single-process reference volume."""
-    from tomodl.models.registry import create_model
-    from tomodl.models.weights import save_weights
-
     tmp = tmp_path_factory.mktemp("dist")
     scan = write_scan(tmp / "scan.h5", np.linspace(0, np.pi, 41, endpoint=False),
                       n_rows=N_ROWS, n_det=33, center=16.2)
-    args = {"base_filters": 4, "depth": 2}
-    weights = save_weights(create_model("unet", **args), tmp / "w", arch="unet",
-                           model_args=args, filter_name="shepp")
+    weights = save_tiny_unet(tmp / "w", filter_name="shepp")
     common = ["--algorithm", "fbp+unet", "--model", weights, "--dtype", "float32",
               "--nsino-per-chunk", 4, "--save-format", "h5", "--no-progress"]
     res = run("recon", scan.path, "--out-path", tmp / "single.h5", *common)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_scan
+from conftest import save_tiny_unet, write_scan
 
 from tomodl.cli import main
 from tomodl.recon import budget
@@ -173,12 +173,7 @@ def test_queue_depths_give_identical_volumes(scan, tmp_path):
 
 def test_provenance_records_the_model_and_the_input(scan, tmp_path):
     pytest.importorskip("torch")
-    from tomodl.models.registry import create_model
-    from tomodl.models.weights import save_weights
-
-    args = {"base_filters": 4, "depth": 2}
-    weights = save_weights(create_model("unet", **args), tmp_path / "w", arch="unet",
-                           model_args=args, filter_name="hann", sparse_factor=4)
+    weights = save_tiny_unet(tmp_path / "w", filter_name="hann", sparse_factor=4)
     out = tmp_path / "dl.h5"
     res = run("recon", scan.path, "--algorithm", "fbp+unet", "--model", weights, "--dtype",
               "float32", "--save-format", "h5", "--out-path", out, "--no-progress")

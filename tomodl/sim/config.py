@@ -28,8 +28,21 @@ def _from_mapping(cls, values: Mapping[str, Any]):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+class _Mapped:
+    """``from_dict``/``to_dict`` shared by the simulator's frozen configs."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]):
+        """Build from a mapping; unknown keys raise :class:`SimulationError`."""
+        return _from_mapping(cls, values)
+
+    def to_dict(self) -> dict:
+        """JSON-ready parameters."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class PhantomParams:
+class PhantomParams(_Mapped):
     """Parameters of a phantom recipe; a family (:data:`tomodl.sim.families.FAMILIES`) sets
     its own defaults on top of these.
 
@@ -126,18 +139,9 @@ class PhantomParams:
         _check(self.max_absorbance > 0 and self.gap >= 0 and self.max_tries >= 1,
                "max_absorbance must be > 0, gap >= 0, max_tries >= 1")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "PhantomParams":
-        """Build from a mapping; unknown keys raise :class:`SimulationError`."""
-        return _from_mapping(cls, values)
-
-    def to_dict(self) -> dict:
-        """JSON-ready parameters."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Acquisition:
+class Acquisition(_Mapped):
     """Detector and source physics of a simulated scan.
 
     Attributes
@@ -195,18 +199,9 @@ class Acquisition:
             return "uint16" if self.noise else "float32"
         return self.dtype
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Acquisition":
-        """Build from a mapping; unknown keys raise :class:`SimulationError`."""
-        return _from_mapping(cls, values)
-
-    def to_dict(self) -> dict:
-        """JSON-ready parameters."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class ScanGeometry:
+class ScanGeometry(_Mapped):
     """Parallel-beam scan geometry of a simulation.
 
     Attributes
@@ -246,11 +241,3 @@ class ScanGeometry:
         _check(self.supersample_z >= 1 and self.gt_supersample >= 1,
                "supersample_z and gt_supersample must be >= 1")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ScanGeometry":
-        """Build from a mapping; unknown keys raise :class:`SimulationError`."""
-        return _from_mapping(cls, values)
-
-    def to_dict(self) -> dict:
-        """JSON-ready parameters."""
-        return asdict(self)
