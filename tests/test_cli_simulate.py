@@ -63,6 +63,14 @@ def test_pairs_command(tmp_path):
     one_line_error(run("pairs", *scans, "--out", tmp_path / "pairs.h5"), "exists")
     one_line_error(run("pairs", scans[0], "--out", tmp_path / "p.h5", "--fractions", "1,x"),
                    "--fractions")
+    one_line_error(run("pairs", scans[0], "--out", tmp_path / "p.h5", "--sparse", "4,x"),
+                   "--sparse")
+    one_line_error(run("pairs", scans[0], "--out", tmp_path / "p.h5", "--sparse", "0"),
+                   "sparse")
+    res = run("pairs", *scans, "--out", tmp_path / "mix.h5", "--sparse", "4,10", "--no-progress")
+    assert res.exit_code == 0 and "1 in 4,10 angles" in res.output
+    with h5py.File(tmp_path / "mix.h5", "r") as f:
+        assert json.loads(f.attrs["metadata"])["sparse_factors"] == [4, 10]
 
 
 @pytest.mark.parametrize("args, words", [

@@ -173,13 +173,6 @@ def test_prepared_network_follows_in_place_weight_updates():
     assert np.abs(after - before).max() > 1e-3 * float(np.ptp(x))
 
 
-def test_default_weights_error_names_the_folder():
-    if inference.WEIGHTS_DIR.joinpath("resattunet").is_dir():
-        pytest.skip("released weights exist")
-    with pytest.raises(WeightsError, match="weights/resattunet does not exist"):
-        load_denoiser("resattunet", None)
-
-
 def test_non_finite_input_is_refused():
     x = slices((1, 16, 16))
     x[0, 3, 3] = np.nan

@@ -252,3 +252,20 @@ def test_split_is_deterministic_and_complete():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, split_by_phantom(20, seed=4))
     assert np.bincount(a).tolist() == [16, 2, 2]
+
+
+def test_mixed_factor_pairs_interleave_the_sampling(scans, tmp_path):
+    out = make_pairs(scans[:2], tmp_path / "mixed.h5", sparse=[4, 20, 90], fractions=(0, 0, 1))
+    with h5py.File(out, "r") as f:
+        meta = json.loads(f.attrs["metadata"])
+        assert f["train/input"].shape[0] == 0 and f["val/input"].shape[0] == 0
+        n_angles = f["test/n_angles"][()]
+        phantom = f["test/phantom"][()]
+        first = f["test/input"][0]
+    # slice i of phantom k uses factor [4, 20, 90][(i + k) % 3] of 360 angles
+    expected = [[90, 18, 4][(i + k) % 3] for k in (0, 1) for i in range(3)]
+    assert n_angles.tolist() == expected and phantom.tolist() == [0, 0, 0, 1, 1, 1]
+    assert meta["sparse_factor"] is None and meta["sparse_factors"] == [4, 20, 90]
+    assert meta["n_angles"] == [4, 18, 90]
+    np.testing.assert_allclose(first, _preprocess_fbp(scans[0], proj=(0, 360, 4))[0], atol=1e-6)
+    assert split_counts(5, (0, 0, 1)) == (0, 0, 5)

@@ -108,6 +108,10 @@ def _raise_verbosity(verbose: int) -> None:
               show_default=True, help="FBP alone, or FBP followed by a denoising network.")
 @click.option("--model", default=None,
               help="Weights folder or released model name (fbp+<model>; default: released).")
+@click.option("--sparse", type=click.IntRange(min=1), default=None,
+              help="The scan holds 1 in SPARSE angles of a full scan: use the released weights "
+                   "trained for that factor (fbp+<model>; default: chosen by the number of "
+                   "projections per half turn).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Network compute dtype (fbp+<model>; default auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -123,8 +127,8 @@ def _raise_verbosity(verbose: int) -> None:
 @handle_errors
 def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_search_width,
           center_search_step, start_row, end_row, nsino_per_chunk, max_memory, fbp_filter,
-          save_format, out_path, overwrite, resume, workers, scheduler, algorithm, model, dtype,
-          batch_size, device, ncore, progress, verbose):
+          save_format, out_path, overwrite, resume, workers, scheduler, algorithm, model, sparse,
+          dtype, batch_size, device, ncore, progress, verbose):
     """Reconstruct SCAN (DXchange or NeXus NXtomo HDF5), chunk by chunk.
 
     Reads only the rows of each chunk, normalizes with the flats and darks, takes -log,
@@ -142,7 +146,7 @@ def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_
         end_row=end_row, nsino_per_chunk=nsino_per_chunk, max_memory=max_memory,
         save_format=save_format, out_path=out_path, overwrite=overwrite,
         resume="auto" if resume is None else resume, workers=workers, scheduler=scheduler,
-        model=model, batch_size=batch_size, dtype=dtype, device=device, ncore=ncore,
+        model=model, sparse=sparse, batch_size=batch_size, dtype=dtype, device=device, ncore=ncore,
         progress=progress,
     )
     command = shlex.join(["tomodl"] + sys.argv[1:])

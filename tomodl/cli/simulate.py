@@ -115,8 +115,9 @@ def foam(out: Path, family: str, size: int, slices: int, angles: int, arc: float
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Pairs file to write (HDF5).")
-@click.option("--sparse", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Use every SPARSE-th angle for the input FBP (the paper: 20).")
+@click.option("--sparse", default="20", show_default=True,
+              help="Use every SPARSE-th angle for the input FBP (the paper: 20); several "
+                   "factors like 4,10,20 are interleaved over the slices.")
 @click.option("--filter", "filter_name", default="shepp", show_default=True,
               help="FBP filter, as for `tomodl recon`.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -128,7 +129,7 @@ def foam(out: Path, family: str, size: int, slices: int, angles: int, arc: float
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 @handle_errors
-def pairs(scans: Tuple[Path, ...], out: Path, sparse: int, filter_name: str, seed: int,
+def pairs(scans: Tuple[Path, ...], out: Path, sparse: str, filter_name: str, seed: int,
           fractions: str, device: str, overwrite: bool, progress: Optional[bool]) -> None:
     """Build (sparse-view FBP, ground truth) slice pairs from simulated SCANS.
 
@@ -142,7 +143,11 @@ def pairs(scans: Tuple[Path, ...], out: Path, sparse: int, filter_name: str, see
     except ValueError:
         raise ValueError(f"--fractions expects three numbers like 0.8,0.1,0.1, got "
                          f"{fractions!r}") from None
-    path = make_pairs(list(scans), out, sparse=sparse, filter_name=filter_name, seed=seed,
+    try:
+        factors = [int(x) for x in sparse.split(",")]
+    except ValueError:
+        raise ValueError(f"--sparse expects integers like 20 or 4,10,20, got {sparse!r}") from None
+    path = make_pairs(list(scans), out, sparse=factors, filter_name=filter_name, seed=seed,
                       fractions=frac, overwrite=overwrite, device=device,
                       progress=_progress(progress))
     click.echo(f"wrote {path}: {len(scans)} phantoms, 1 in {sparse} angles")

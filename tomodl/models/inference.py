@@ -35,7 +35,8 @@ from tomodl.models.memory import (
     default_memory_budget,
     fixed_bytes,
 )
-from tomodl.models.registry import WEIGHTS_DIR, check_model_name, model_class, shipped_weights
+from tomodl.models.registry import check_model_name, model_class
+from tomodl.models.releases import release_folder, released_models, select_weights
 from tomodl.models.weights import WeightsConfig, load_weights
 from tomodl.normalization import Policy
 
@@ -87,14 +88,8 @@ class Denoiser:
         return None if self.config is None else self.config.filter_name
 
 
-def released_models() -> list:
-    """Names of the weights folders shipped in ``tomodl/weights/``."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "config.json").is_file())
-
-
-def load_denoiser(arch: str, model: Any = None) -> Denoiser:
+def load_denoiser(arch: str, model: Any = None, *, n_angles: Optional[float] = None,
+                  sparse: Optional[int] = None) -> Denoiser:
     """Load a network and its weights' data contract for :func:`denoise`.
 
     Parameters
@@ -102,9 +97,14 @@ def load_denoiser(arch: str, model: Any = None) -> Denoiser:
     arch : str
         Registered network, one of :func:`tomodl.list_models`.
     model : None, str, path, torch.nn.Module or Denoiser
-        ``None``: the weights shipped for ``arch`` (``tomodl/weights/<arch>/``).  A path to a
-        weights folder, or the name of a shipped folder.  An in-memory module of class ``arch``
-        (default normalization policy).
+        ``None``: the weights shipped for ``arch`` that serve the data (see ``n_angles`` and
+        ``sparse``).  A path to a weights folder, or the name of a shipped folder.  An
+        in-memory module of class ``arch`` (default normalization policy).
+    n_angles : float, optional
+        Projections per half turn of the data; with ``model=None`` it chooses among the
+        shipped weights (:func:`tomodl.models.releases.select_weights`).
+    sparse : int, optional
+        With ``model=None``: the shipped weights trained for 1 in ``sparse`` angles.
 
     Raises
     ------
@@ -125,11 +125,11 @@ def load_denoiser(arch: str, model: Any = None) -> Denoiser:
             raise WeightsError(f"model is a {type(model).__name__}, not a {arch!r} network")
         return Denoiser(model, arch)
     if model is None:
-        folder = shipped_weights(arch)
+        folder = select_weights(arch, n_angles=n_angles, sparse=sparse)
     else:
         folder = Path(model).expanduser()
-        if not folder.exists() and (WEIGHTS_DIR / str(model)).is_dir():
-            folder = WEIGHTS_DIR / str(model)
+        if not folder.exists() and release_folder(str(model)) is not None:
+            folder = release_folder(str(model))
         elif not folder.exists():
             raise WeightsError(
                 f"no weights folder {str(model)!r}; pass a folder written by save_weights or "

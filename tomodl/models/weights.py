@@ -7,7 +7,11 @@ were trained for), as :class:`WeightsConfig`::
     {"format_version": 1, "arch": "resattunet", "model_args": {"base_filters": 32, "depth": 5, ...},
      "normalization": {"name": "percentile", "low": 1.0, "high": 99.0, "circle": true},
      "sparse_factor": 20, "filter_name": "shepp", "training_data": "...", "tomodl_version": "0.1.0",
-     "dtype": "float16", "sha256": "<hex digest of model.safetensors>", "extra": {...}}
+     "dtype": "float16", "sha256": "<hex digest of model.safetensors>", "extra": {...},
+     "release": {...}}
+
+``release`` is empty except for the folders shipped in ``tomodl/weights/``, where it says which
+scans they serve (:mod:`tomodl.models.releases`).
 
 Loading never unpickles anything: tensors are read with ``safetensors`` from bytes whose SHA-256
 has been checked against ``config.json`` first.  Every failure raises
@@ -51,6 +55,7 @@ class WeightsConfig:
     dtype: str = "float32"
     sha256: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
+    release: Dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -173,6 +178,7 @@ def save_weights(
     training_data: str = "",
     dtype: Optional["torch.dtype"] = None,  # noqa: F821
     extra: Optional[Dict[str, Any]] = None,
+    release: Optional[Dict[str, Any]] = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` as a released-weights folder (``model.safetensors`` + ``config.json``).
@@ -195,6 +201,8 @@ def save_weights(
         loading always gives float32 modules.
     extra : dict, optional
         JSON-serializable provenance (training config, metrics, git commit).
+    release : dict, optional
+        For shipped weights: the scans they serve (:mod:`tomodl.models.releases`).
     overwrite : bool
         Replace existing files in ``directory``.
 
@@ -227,6 +235,7 @@ def save_weights(
         dtype=stored,
         sha256=_sha256(data),
         extra=dict(extra or {}),
+        release=dict(release or {}),
     )
     WeightsConfig.from_dict(cfg.to_dict(), source=directory / CONFIG_FILE)
     directory.mkdir(parents=True, exist_ok=True)

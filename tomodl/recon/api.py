@@ -159,23 +159,34 @@ def _chunk_rows(nchunk: Optional[int], n_rows: int, n: int) -> int:
 
 
 # -- the +model step --------------------------------------------------------------------------
-def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str
+def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, theta=None
                     ) -> Optional[Callable[[Any], Any]]:
     """Return ``step(slices) -> slices`` applying the denoiser of ``alg``, or None for plain FBP.
 
     ``model_kw`` holds ``model`` (None, a released name or a weights folder), ``batch_size``,
-    ``dtype`` and ``sparse`` (the angular subsampling of the data, checked against the
-    weights' training sparse factor).
+    ``dtype`` and ``sparse`` (the data are 1 in ``sparse`` angles: with ``model=None`` it picks
+    the shipped weights for that factor).  Without ``model``, the shipped weights are chosen by
+    the projections per half turn of ``theta``, and are skipped (None, with a warning) where
+    they were measured to make such data worse than the FBP
+    (:func:`tomodl.models.releases.fallback_reason`).
     """
     if alg.model is None:
         return None
     try:
         from tomodl.models.inference import denoise, load_denoiser
+        from tomodl.models.releases import angles_per_half_turn, fallback_reason
     except ImportError as err:
         raise TomodlError(f"algorithm 'fbp+{alg.model}' needs tomodl's deep-learning part "
                           f"(torch): {err}; install torch or use algorithm='fbp'") from err
-    den = load_denoiser(alg.model, model_kw.get("model"))
+    n180 = None if theta is None else angles_per_half_turn(theta)
     sparse = model_kw.get("sparse")
+    den = load_denoiser(alg.model, model_kw.get("model"), n_angles=n180,
+                        sparse=None if model_kw.get("model") is not None else sparse)
+    if model_kw.get("model") is None:
+        reason = fallback_reason(den.config, n180)
+        if reason is not None:
+            logger.warning("%s", reason)
+            return None
     trained = getattr(den, "sparse_factor", None)
     if sparse is not None and trained is not None and int(sparse) != int(trained):
         logger.warning("the %s weights were trained for sparse factor %s, the data have %s: "
@@ -250,7 +261,7 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
                                dict(kwargs, filter_name=filter_name), device)
     alg = parse_algorithm(algorithm)
     fbp_kw, model_kw = _split_kwargs(alg, kwargs)
-    step = load_model_step(alg, model_kw, filter_name)
+    step = load_model_step(alg, model_kw, filter_name, th)
     return _recon_chunks(sinos, th, centers, n, rows, step,
                          dict(fbp_kw, filter_name=filter_name, device=device, ncore=ncore))
 

@@ -81,8 +81,9 @@ class ModelSpec:
 
 def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
                   batch_size: Optional[int], device: str, filter_name: str,
-                  n_grid: int, budget: int) -> Tuple[Optional[ModelSpec], Any]:
-    """Load the denoiser of a run once and describe it; ``(None, None)`` without one.
+                  n_grid: int, budget: int, n_angles: Optional[float] = None,
+                  sparse: Optional[int] = None) -> Tuple[Optional[ModelSpec], Any, Optional[str]]:
+    """Load the denoiser of a run once and describe it; ``(None, None, None)`` without one.
 
     Parameters
     ----------
@@ -97,21 +98,32 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
     n_grid : int
         Slice size ``N``; with ``budget`` it sizes the network's CPU memory
         (:func:`tomodl.recon.budget.denoiser_budget`).
+    n_angles, sparse : optional
+        Projections per half turn of the scan and its nominal subsampling; with ``model=None``
+        they choose among the shipped weights (:func:`tomodl.models.releases.select_weights`).
 
     Returns
     -------
     spec : ModelSpec or None
     denoiser : tomodl.models.inference.Denoiser or None
+    skipped : str or None
+        Why the shipped network is not applied to these data (``spec`` and ``denoiser`` are
+        then None: plain FBP; :func:`tomodl.models.releases.fallback_reason`).
     """
     if arch is None:
-        return None, None
+        return None, None, None
     from pathlib import Path
 
     from tomodl.backend import resolve_device
     from tomodl.models.inference import load_denoiser, resolve_dtype
+    from tomodl.models.releases import fallback_reason
     from tomodl.recon.budget import denoiser_budget
 
-    den = load_denoiser(arch, model)
+    den = load_denoiser(arch, model, n_angles=n_angles, sparse=None if model else sparse)
+    skipped = None if model else fallback_reason(den.config, n_angles)
+    if skipped is not None:
+        logger.warning("%s", skipped)
+        return None, None, skipped
     dev = resolve_device(device)
     cdtype = resolve_dtype(dtype or "auto", dev)
     if den.filter_name is not None and den.filter_name != filter_name:
@@ -122,4 +134,4 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
                      dtype=str(cdtype).replace("torch.", ""), batch_size=batch_size,
                      max_memory=max_memory, sparse_factor=den.sparse_factor,
                      filter_name=den.filter_name)
-    return spec, den
+    return spec, den, None

@@ -82,6 +82,9 @@ class ReconConfig:
         Address of an existing Dask scheduler (e.g. ``tcp://10.0.0.5:8786``).
     model, batch_size, dtype : optional
         Denoiser options (only with ``"fbp+<model>"``).
+    sparse : int, optional
+        The scan is 1 in ``sparse`` angles of a full scan: without ``model``, use the shipped
+        weights trained for that factor (default: chosen by the projections per half turn).
     device, ncore : str, int
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``; CPU threads (per worker with Dask).
     progress : bool
@@ -107,6 +110,7 @@ class ReconConfig:
     workers: Optional[int] = None
     scheduler: Optional[str] = None
     model: Optional[str] = None
+    sparse: Optional[int] = None
     batch_size: Optional[int] = None
     dtype: Optional[str] = None
     device: str = "auto"
@@ -253,15 +257,25 @@ def resolve_center(path, info, cfg: ReconConfig) -> float:
     return center
 
 
-def model_step(cfg: ReconConfig, budget: int = 2**30, n_grid: int = 512):
-    """``(ModelSpec, step)`` of ``cfg.algorithm`` (weights loaded once), or ``(None, None)``."""
+def model_step(cfg: ReconConfig, budget: int = 2**30, n_grid: int = 512, theta=None):
+    """``(ModelSpec, step, skipped)`` of ``cfg.algorithm`` (weights loaded once).
+
+    ``(None, None, None)`` for plain FBP; ``(None, None, reason)`` when the shipped weights
+    chosen for ``theta`` must not be applied (:func:`tomodl.models.releases.fallback_reason`).
+    """
     from tomodl.recon.api import parse_algorithm
     from tomodl.recon.denoising import prepare_model
 
-    spec, den = prepare_model(parse_algorithm(cfg.algorithm).model, cfg.model, dtype=cfg.dtype,
-                              batch_size=cfg.batch_size, device=cfg.device,
-                              filter_name=cfg.filter_name, n_grid=n_grid, budget=budget)
-    return spec, (spec.step(den) if spec is not None else None)
+    n180 = None
+    if theta is not None:
+        from tomodl.models.releases import angles_per_half_turn
+
+        n180 = angles_per_half_turn(theta)
+    spec, den, skipped = prepare_model(
+        parse_algorithm(cfg.algorithm).model, cfg.model, dtype=cfg.dtype,
+        batch_size=cfg.batch_size, device=cfg.device, filter_name=cfg.filter_name,
+        n_grid=n_grid, budget=budget, n_angles=n180, sparse=cfg.sparse)
+    return spec, (spec.step(den) if spec is not None else None), skipped
 
 
 def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,
@@ -294,7 +308,8 @@ def output_path(path, cfg: ReconConfig) -> Path:
     return path.with_name(path.stem + OUTPUT_SUFFIX[key])
 
 
-def provenance(path, info, cfg: ReconConfig, center: float, command: str, spec=None) -> dict:
+def provenance(path, info, cfg: ReconConfig, center: float, command: str, spec=None,
+               skipped: Optional[str] = None) -> dict:
     """The record stored with the output (the writer adds ``tomodl_version``).
 
     ``command``, ``started``, ``hostname``, ``user`` may differ on resume; ``model`` is
@@ -309,7 +324,7 @@ def provenance(path, info, cfg: ReconConfig, center: float, command: str, spec=N
             "center_source": source, "rows": list(rows), "n_angles": info.n_angles,
             "num_gridx": info.n_det, "model": None if spec is None else spec.provenance(),
             "sparse_factor": None if spec is None else spec.sparse_factor,
-            "units": "attenuation per pixel"}
+            "model_skipped": skipped, "units": "attenuation per pixel"}
 
 
 def _user() -> str:
@@ -364,13 +379,14 @@ def _run_full(path: Path, info, cfg: ReconConfig, out: Path, command: str) -> Re
     check_output_path(out, [path])
     refuse_existing(out, cfg.overwrite)          # fail before any work
     start, stop = select_rows(info, cfg)
-    spec, step = model_step(cfg, cfg.max_memory or default_max_memory(), info.n_det)
+    spec, step, skipped = model_step(cfg, cfg.max_memory or default_max_memory(), info.n_det,
+                                     info.theta)
     mem = plan_memory(info, cfg, spec)
     shape = (stop - start, info.n_det, info.n_det)
-    center = _recorded_center(path, info, cfg, out, shape, command, spec)
+    center = _recorded_center(path, info, cfg, out, shape, command, spec, skipped)
     if center is None:
         center = resolve_center(path, info, cfg)
-    prov = provenance(path, info, cfg, center, command, spec)
+    prov = provenance(path, info, cfg, center, command, spec, skipped)
     writer = open_writer(cfg.save_format, out, shape, provenance=prov, overwrite=cfg.overwrite,
                          resume=cfg.resume, inputs=[path])
     try:
@@ -424,7 +440,7 @@ def _produce(job: Job, rows: Rows, clock) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _recorded_center(path, info, cfg: ReconConfig, out: Path, shape, command: str,
-                     spec) -> Optional[float]:
+                     spec, skipped: Optional[str] = None) -> Optional[float]:
     """The auto-found centre of an interrupted run that this run will resume, if any."""
     if cfg.center != "auto" or cfg.resume is False:
         return None
@@ -434,7 +450,7 @@ def _recorded_center(path, info, cfg: ReconConfig, out: Path, shape, command: st
     center = (record or {}).get("provenance", {}).get("center")
     if not isinstance(center, (int, float)) or isinstance(center, bool):
         return None
-    prov = provenance(path, info, cfg, float(center), command, spec)
+    prov = provenance(path, info, cfg, float(center), command, spec, skipped)
     if resume_conflicts(record, cfg.save_format, shape, prov):
         return None
     logger.info("resuming %s: reusing the rotation axis %.2f px found by the interrupted run",

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Sparse-view training pairs from simulated scans.
 
-Input: the FBP of every ``sparse``-th angle of a simulated scan, computed by the reconstruction
+Input: the FBP of every ``sparse``-th angle of a simulated scan (with several factors, slice
+``i`` of phantom ``k`` uses ``sparse[(i + k) % len(sparse)]``, so one file teaches a network
+every angular sampling in it), computed by the reconstruction
 pipeline's own stages (:func:`tomodl.io.dxchange.read_dx` -> normalize -> ``-log`` -> FBP, i.e.
 :func:`tomodl.recon.pipeline.preprocess_chunk` and
 :func:`~tomodl.recon.pipeline.reconstruct_chunk`), so the network sees at training exactly what
@@ -9,7 +11,8 @@ pipeline's own stages (:func:`tomodl.io.dxchange.read_dx` -> normalize -> ``-log
 Target: the scan's ground-truth slice (same grid, attenuation per pixel).
 
 Pairs file (HDF5, see docs/architecture.md): groups ``/train``, ``/val``, ``/test`` with
-``input``, ``target`` ``(n, H, W)`` float32 and ``phantom`` ``(n,)`` int64; root attribute
+``input``, ``target`` ``(n, H, W)`` float32, ``phantom`` and ``n_angles`` ``(n,)`` int64 (the
+angles behind each input); root attribute
 ``metadata`` (JSON).  Scans are split by phantom (one scan = one phantom), never by slice.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,13 +39,17 @@ PAIRS_FORMAT_VERSION = 1
 
 
 def split_counts(n: int, fractions: Sequence[float] = FRACTIONS) -> Tuple[int, int, int]:
-    """Phantoms per split: proportional to ``fractions``, at least one train phantom, one
-    validation phantom from 2 phantoms on and one test phantom from 3 on (if its fraction > 0)."""
+    """Phantoms per split: proportional to ``fractions``, at least one train phantom (when its
+    fraction > 0), one validation phantom from 2 phantoms on and one test phantom from 3 on (if
+    their fractions > 0).  ``0,0,1`` makes a held-out test file."""
     f = np.asarray(fractions, dtype=np.float64)
-    if f.shape != (3,) or np.any(f < 0) or f[0] <= 0:
-        raise SimulationError(f"fractions must be 3 non-negative numbers (train > 0), got "
+    if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
+        raise SimulationError(f"fractions must be 3 non-negative numbers, not all 0, got "
                               f"{fractions}")
     f = f / f.sum()
+    if f[0] == 0:
+        val = int(round(n * f[1]))
+        return 0, val, n - val
     val = int(round(n * f[1])) if n >= 2 else 0
     test = int(round(n * f[2])) if n >= 3 else 0
     val = max(val, 1 if n >= 2 and f[1] > 0 else 0)
@@ -87,18 +94,29 @@ def sparse_fbp(path: Any, sparse: int, *, center: float, filter_name: str = "she
     return rec, scan.theta
 
 
-def _source(path: Any, sparse: int, filter_name: str, device: str, ncore
-            ) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+def _source(path: Any, sparse: Sequence[int], phantom: int, filter_name: str, device: str, ncore
+            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Inputs (slice ``i`` from factor ``sparse[(i + phantom) % len]``), targets, angle counts."""
     gt, meta = read_ground_truth(path)
     center = meta["geometry"]["center"]
-    rec, theta = sparse_fbp(path, sparse, center=center, filter_name=filter_name,
-                            device=device, ncore=ncore)
-    if rec.shape != gt.shape:
-        raise SimulationError(f"{str(path)!r}: FBP slices {rec.shape} and ground truth {gt.shape} "
-                              "differ; the scan was not written by 'tomodl simulate foam'")
+    which = (np.arange(gt.shape[0]) + phantom) % len(sparse)
+    rec = np.empty(gt.shape, np.float32)
+    n_used = np.zeros(gt.shape[0], np.int64)
+    for j, factor in enumerate(sparse):
+        if not np.any(which == j):
+            continue
+        r, theta = sparse_fbp(path, factor, center=center, filter_name=filter_name,
+                              device=device, ncore=ncore)
+        if r.shape != gt.shape:
+            raise SimulationError(f"{str(path)!r}: FBP slices {r.shape} and ground truth "
+                                  f"{gt.shape} differ; the scan was not written by "
+                                  "'tomodl simulate foam'")
+        rec[which == j] = r[which == j]
+        n_used[which == j] = theta.size
     info = {"path": str(Path(path).resolve()), "family": meta.get("family"),
-            "seed": meta.get("seed"), "center": center, "n_angles_used": int(theta.size)}
-    return rec, gt, info
+            "seed": meta.get("seed"), "center": center,
+            "n_angles_used": sorted({int(n) for n in n_used})}
+    return rec, gt, n_used, info
 
 
 def _create(f, shape: Tuple[int, int]) -> None:
@@ -107,23 +125,30 @@ def _create(f, shape: Tuple[int, int]) -> None:
         for name in ("input", "target"):
             g.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype="float32",
                              chunks=(1, *shape))
-        g.create_dataset("phantom", shape=(0,), maxshape=(None,), dtype="int64")
+        for name in ("phantom", "n_angles"):
+            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64")
 
 
-def _append(g, rec: np.ndarray, gt: np.ndarray, phantom: int) -> None:
+def _append(g, rec: np.ndarray, gt: np.ndarray, n_angles: np.ndarray, phantom: int) -> None:
     n0, n = g["input"].shape[0], rec.shape[0]
-    for name, arr in (("input", rec), ("target", gt)):
+    for name, arr in (("input", rec), ("target", gt), ("phantom", np.full(n, phantom)),
+                      ("n_angles", n_angles)):
         g[name].resize(n0 + n, axis=0)
         g[name][n0:] = arr
-    g["phantom"].resize(n0 + n, axis=0)
-    g["phantom"][n0:] = phantom
 
 
-def _metadata(sources: List[Dict[str, Any]], sparse: int, filter_name: str, seed: int,
+def _metadata(sources: List[Dict[str, Any]], sparse: Sequence[int], filter_name: str, seed: int,
               fractions: Sequence[float]) -> Dict[str, Any]:
-    """The root ``metadata`` of a pairs file (see docs/architecture.md)."""
+    """The root ``metadata`` of a pairs file (see docs/architecture.md).
+
+    ``sparse_factor`` is the single factor (``None`` for a mixed file); ``sparse_factors`` lists
+    all of them and ``n_angles`` the angle counts of the inputs.
+    """
+    n_angles = sorted({n for s in sources for n in s["n_angles_used"]})
     return {"format": PAIRS_FORMAT, "format_version": PAIRS_FORMAT_VERSION,
-            "sparse_factor": int(sparse), "filter_name": filter_name,
+            "sparse_factor": int(sparse[0]) if len(sparse) == 1 else None,
+            "sparse_factors": [int(k) for k in sparse], "n_angles": n_angles,
+            "filter_name": filter_name,
             "centers": [s["center"] for s in sources],
             "normalization": Policy().to_dict(), "split_seed": int(seed),
             "fractions": [float(x) for x in fractions],
@@ -133,7 +158,8 @@ def _metadata(sources: List[Dict[str, Any]], sparse: int, filter_name: str, seed
             "tomodl_version": tomodl.__version__}
 
 
-def make_pairs(scans: Sequence[Any], out: Any, *, sparse: int = 20, filter_name: str = "shepp",
+def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[int]] = 20,
+               filter_name: str = "shepp",
                seed: int = 0, fractions: Sequence[float] = FRACTIONS, overwrite: bool = False,
                device: str = "auto", ncore=None, progress: bool = False) -> Path:
     """Write a training-pairs file from simulated scans (one phantom each).
@@ -144,8 +170,10 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: int = 20, filter_name:
         Files written by :func:`tomodl.sim.scan.simulate_scan`, all with the same ``n_det``.
     out : path
         Pairs file to write (atomically); refused if it exists unless ``overwrite``.
-    sparse : int
-        Keep every ``sparse``-th angle for the input FBP (the paper: 20).
+    sparse : int or sequence of int
+        Keep every ``sparse``-th angle for the input FBP (the paper: 20).  Several factors are
+        interleaved over the slices (slice ``i`` of phantom ``k`` uses
+        ``sparse[(i + k) % len(sparse)]``).
     filter_name : str
         FBP filter (:data:`tomodl.recon.filters.FILTERS`).
     seed : int
@@ -164,20 +192,23 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: int = 20, filter_name:
 
     if not scans:
         raise SimulationError("no scans given: pass one or more files from 'tomodl simulate foam'")
+    factors = [int(sparse)] if np.isscalar(sparse) else [int(k) for k in sparse]
+    if not factors or min(factors) < 1:
+        raise SimulationError(f"sparse factors must be integers >= 1, got {sparse}")
     refuse_existing(out, overwrite)
     check_output_path(out, scans)
     labels = split_by_phantom(len(scans), seed, fractions)
     sources: List[Dict[str, Any]] = []
     with atomic_file(out, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         for k, path in enumerate(tqdm(scans, desc="pairs", unit="scan", disable=not progress)):
-            rec, gt, info = _source(path, sparse, filter_name, device, ncore)
+            rec, gt, n_used, info = _source(path, factors, k, filter_name, device, ncore)
             if k == 0:
                 _create(f, gt.shape[1:])
             elif gt.shape[1:] != f["train/target"].shape[1:]:
                 raise SimulationError(f"{str(path)!r} has slices {gt.shape[1:]}, the first scan "
                                       f"{f['train/target'].shape[1:]}: use scans of one size")
-            _append(f[SPLITS[labels[k]]], rec, gt, k)
+            _append(f[SPLITS[labels[k]]], rec, gt, n_used, k)
             sources.append({**info, "phantom": k, "split": SPLITS[labels[k]]})
-        f.attrs["metadata"] = json.dumps(_metadata(sources, sparse, filter_name, seed, fractions))
+        f.attrs["metadata"] = json.dumps(_metadata(sources, factors, filter_name, seed, fractions))
     logger.info("wrote %s: %s", out, {s: int((labels == i).sum()) for i, s in enumerate(SPLITS)})
     return Path(out)
