@@ -194,7 +194,8 @@ def bench(args, work: Path) -> None:
     scans = {n: simulate(work, args.size, n, args.angles)
              for n in sorted({small, big, n_dask, *dl})}
     center = args.size / 2
-    base = {"center": center, "nsino_per_chunk": args.nsino, "save_format": "h5"}
+    base = {"algorithm": "fbp", "center": center, "nsino_per_chunk": args.nsino,
+            "save_format": "h5"}
     runs = [("FBP, conveyor", scans[small], dict(base)),
             ("FBP, sequential (peer)", scans[small], dict(base, queue_depth=0)),
             ("FBP, conveyor", scans[big], dict(base))]

@@ -15,12 +15,17 @@ from conftest import save_tiny_unet
 
 
 def run(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    return res
+    """``tomodl ARGS`` in-process; ``recon`` runs plain FBP unless ``--algorithm`` is given (the
+    default algorithm, fbp+resattunet, is tested in test_releases.py)."""
+    args = [str(a) for a in args]
+    if args and args[0] == "recon" and "--algorithm" not in args:
+        args[1:1] = ["--algorithm", "fbp"]
+    return CliRunner().invoke(main, args)
 
 
 def expected(scan, center, **kw):
     proj, flat, dark, theta = read_dx(scan.path)
+    kw.setdefault("algorithm", "fbp")
     return tomodl.recon(minus_log(normalize(proj, flat, dark)), theta, center, **kw)
 
 

@@ -41,7 +41,7 @@ def test_foam_writes_a_scan_that_the_recon_pipeline_reads(tmp_path):
         gt = f["/tomodl_sim/ground_truth"][()]
     assert meta["family"] == "layered" and meta["params"]["n_layers"] == 2
     assert meta["acquisition"]["ring_strength"] == 0.002
-    result = reconstruct_file(out, ReconConfig(center=meta["geometry"]["center"],
+    result = reconstruct_file(out, ReconConfig(algorithm="fbp", center=meta["geometry"]["center"],
                                                save_format="h5", out_path=tmp_path / "rec.h5"))
     with h5py.File(result.path, "r") as f:
         rec = f["exchange/data"][()]

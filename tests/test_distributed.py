@@ -20,7 +20,12 @@ N_ROWS = 16
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    """``tomodl ARGS`` in-process; ``recon`` runs plain FBP unless ``--algorithm`` is given (the
+    default algorithm, fbp+resattunet, is tested in test_releases.py)."""
+    args = [str(a) for a in args]
+    if args and args[0] == "recon" and "--algorithm" not in args:
+        args[1:1] = ["--algorithm", "fbp"]
+    return CliRunner().invoke(main, args)
 
 
 def read_h5(path):

@@ -23,7 +23,12 @@ CHUNKS = [(0, 2), (2, 4), (4, 6), (6, 8), (8, 9)]
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    """``tomodl ARGS`` in-process; ``recon`` runs plain FBP unless ``--algorithm`` is given (the
+    default algorithm, fbp+resattunet, is tested in test_releases.py)."""
+    args = [str(a) for a in args]
+    if args and args[0] == "recon" and "--algorithm" not in args:
+        args[1:1] = ["--algorithm", "fbp"]
+    return CliRunner().invoke(main, args)
 
 
 def one_line_error(res):
@@ -132,7 +137,7 @@ def test_chunk_rows_follow_the_budget_not_the_volume(scan):
     with pytest.raises(ValueError, match="too small for this scan.*--max-memory"):
         budget.plan_memory(info, 12, n_grid=29, queue_depth=1, budget=10**6, fixed=10**6,
                            denoised=False)
-    cfg = ReconConfig(center=13.6, max_memory=2**30)
+    cfg = ReconConfig(algorithm="fbp", center=13.6, max_memory=2**30)
     assert plan_chunks(info, cfg) == [(r, r + 2) for r in range(0, 12, 2)]
 
 
@@ -149,7 +154,8 @@ def test_peak_memory_does_not_grow_with_the_volume(tmp_path):
     peaks = []
     for i, rows in enumerate((12, 12, 96)):                    # the first run warms up
         path = write_scan(tmp_path / f"s{i}.h5", theta, n_rows=rows, n_det=41, center=20.0)
-        cfg = ReconConfig(center=20.0, nsino_per_chunk=2, save_format="h5", progress=False,
+        cfg = ReconConfig(algorithm="fbp", center=20.0, nsino_per_chunk=2, save_format="h5",
+                          progress=False,
                           out_path=tmp_path / f"r{i}.h5")
         tracemalloc.start()
         reconstruct_file(path.path, cfg)
@@ -163,7 +169,8 @@ def test_peak_memory_does_not_grow_with_the_volume(tmp_path):
 def test_queue_depths_give_identical_volumes(scan, tmp_path):
     vols = []
     for depth in (0, 1, 2):
-        cfg = ReconConfig(center=13.6, nsino_per_chunk=3, queue_depth=depth, save_format="h5",
+        cfg = ReconConfig(algorithm="fbp", center=13.6, nsino_per_chunk=3, queue_depth=depth,
+                          save_format="h5",
                           out_path=tmp_path / f"d{depth}.h5", progress=False)
         res = reconstruct_file(scan.path, cfg)
         assert res.n_computed == 12 and res.chunk_rows == 3 and res.stages["fbp"] > 0

@@ -25,7 +25,12 @@ OUT_NAME = {"h5": "rec.h5", "tiff": "rec_tiff", "zarr": "rec.zarr"}
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    """``tomodl ARGS`` in-process; ``recon`` runs plain FBP unless ``--algorithm`` is given (the
+    default algorithm, fbp+resattunet, is tested in test_releases.py)."""
+    args = [str(a) for a in args]
+    if args and args[0] == "recon" and "--algorithm" not in args:
+        args[1:1] = ["--algorithm", "fbp"]
+    return CliRunner().invoke(main, args)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +55,17 @@ def progress(out):
     return sum(b - a for a, b in record["done"]), record["provenance"]["center"]
 
 
+def recon_cmd(args):
+    """``python -m tomodl -v recon ARGS``, plain FBP unless ``--algorithm`` is given."""
+    args = [str(a) for a in args]
+    algorithm = [] if "--algorithm" in args else ["--algorithm", "fbp"]
+    return [sys.executable, "-m", "tomodl", "-v", "recon", *algorithm, *args]
+
+
 def run_and_kill(args, out, at_least):
     """Start ``python -m tomodl -v recon ARGS`` and SIGKILL it once ``at_least`` slices are
     recorded as done; return the slices done when it died."""
-    proc = subprocess.Popen([sys.executable, "-m", "tomodl", "-v", "recon", *map(str, args)],
+    proc = subprocess.Popen(recon_cmd(args),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -68,7 +80,7 @@ def run_and_kill(args, out, at_least):
 
 
 def rerun(args):
-    proc = subprocess.run([sys.executable, "-m", "tomodl", "-v", "recon", *map(str, args)],
+    proc = subprocess.run(recon_cmd(args),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout + proc.stderr

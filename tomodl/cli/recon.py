@@ -104,8 +104,12 @@ def _raise_verbosity(verbose: int) -> None:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster: its address (tcp://10.0.0.5:8786) or "
                    "scheduler file; the scan and weights must be readable on every worker.")
-@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="fbp",
-              show_default=True, help="FBP alone, or FBP followed by a denoising network.")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default="fbp+resattunet",
+              show_default=True,
+              help="FBP followed by a denoising network (the default uses the shipped "
+                   "ResAttUnet, and keeps the FBP for scans outside the range of projections "
+                   "it was validated for, e.g. dense scans), or fbp: FBP alone (TomoPy's "
+                   "gridrec equivalent).")
 @click.option("--model", default=None,
               help="Weights folder or released model name (fbp+<model>; default: released).")
 @click.option("--sparse", type=click.IntRange(min=1), default=None,

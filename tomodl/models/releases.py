@@ -145,7 +145,7 @@ def fallback_reason(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> 
         return None
     rel = cfg.release or {}
     low, high = rel.get("min_angles"), rel.get("max_angles")
-    if low is not None and n_angles < float(low):
+    if low is not None and n_angles < float(low) - 0.01:      # 9 angles may come out 8.9999
         return (f"{n_angles:.0f} projections per half turn is below the {low} the {cfg.arch} "
                 f"weights were validated for; the network is skipped and the FBP returned "
                 f"unchanged (pass your own --model to force it)")

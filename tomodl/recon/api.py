@@ -205,7 +205,7 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
 
 # -- public API -------------------------------------------------------------------------------
 def recon(tomo, theta, center=None, sinogram_order: bool = False,
-          algorithm: Union[str, Callable] = "fbp", filter_name: str = "shepp",
+          algorithm: Union[str, Callable] = "fbp+resattunet", filter_name: str = "shepp",
           num_gridx: Optional[int] = None, device: str = "auto", ncore: Optional[int] = None,
           nchunk: Optional[int] = None, **kwargs) -> Any:
     """Reconstruct a parallel-beam scan; a drop-in for ``tomopy.recon(..., algorithm="gridrec")``.
@@ -222,8 +222,12 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
     sinogram_order : bool
         Layout of ``tomo`` (see above).
     algorithm : str or callable
-        ``"fbp"``, ``"fbp+resattunet"`` or ``"fbp+unet"`` (:data:`ALGORITHMS`), or a callable
-        with TomoPy's contract ``f(tomo, center, recon, theta, **kwargs)``.
+        ``"fbp+resattunet"`` (default: FBP, then the shipped ResAttUnet removes the sparse-view
+        streaks; outside the range of projections per half turn it was validated for, e.g. on
+        a dense scan, the FBP is returned unchanged with a warning, see
+        :mod:`tomodl.models.releases`), ``"fbp"`` (TomoPy's gridrec equivalent) or
+        ``"fbp+unet"`` (:data:`ALGORITHMS`), or a callable with TomoPy's contract
+        ``f(tomo, center, recon, theta, **kwargs)``.
     filter_name : str
         FBP filter (``tomodl.recon.filters.FILTERS``; TomoPy's definitions).
     num_gridx : int, optional
@@ -238,8 +242,8 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         ``filter_par``, ``num_gridy`` (must equal ``num_gridx``) and the other keyword options
         of :func:`tomodl.recon.fbp.fbp`; with ``"fbp+<model>"`` also ``model`` (None = the
         released weights, a released name or a weights folder), ``batch_size``, ``dtype``
-        (``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"``) and ``sparse`` (the angular
-        subsampling factor of the data, checked against the weights).
+        (``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"``) and ``sparse`` (the data are
+        1 in ``sparse`` angles of a full scan: the shipped weights trained for that factor).
 
     Returns
     -------

@@ -91,7 +91,7 @@ class ReconConfig:
         Show a progress bar on stderr.
     """
 
-    algorithm: str = "fbp"
+    algorithm: str = "fbp+resattunet"
     center: Union[float, str] = "auto"
     center_method: str = "auto"
     reconstruction_type: str = "full"
