@@ -154,3 +154,36 @@ def test_shipped_weights_load_and_describe_themselves(name):
 def test_pretrained_resattunet_is_the_default():
     net = tomodl.create_model("resattunet", pretrained=True)
     assert type(net).__name__ == "ResAttUnet" and not net.training
+
+
+def test_cli_default_is_fbp_plus_resattunet_and_keeps_dense_scans(tmp_path, monkeypatch,
+                                                                   tiny_scan):
+    """`tomodl recon scan.h5` runs the shipped ResAttUnet; above max_angles it keeps the FBP."""
+    import h5py
+
+    from tomodl.cli import main
+    from tomodl.models.registry import create_model
+    from tomodl.models.weights import save_weights
+
+    monkeypatch.setattr(releases, "WEIGHTS_DIR", tmp_path / "w")
+    args = {"base_filters": 4, "depth": 2}
+    net = create_model("resattunet", **args)
+    last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.bias.fill_(0.5)
+    save_weights(net, tmp_path / "w" / "resattunet", arch="resattunet", model_args=args,
+                 release={"name": "resattunet", "angles": [10, 30], "min_angles": 9,
+                          "max_angles": 20})
+    vols = {}
+    for name, extra in (("fbp", ["--algorithm", "fbp"]), ("default", [])):
+        out = tmp_path / f"{name}.h5"
+        res = CliRunner().invoke(main, ["recon", str(tiny_scan.path), "--rotation-axis", "17.3",
+                                        "--save-format", "h5", "--out-path", str(out),
+                                        "--no-progress", *extra])
+        assert res.exit_code == 0, res.output
+        with h5py.File(out) as f:
+            vols[name] = f["/exchange/data"][()]
+            prov = json.loads(f.attrs["provenance"])
+    # 33 projections per half turn > max_angles 20: a dense scan for these weights
+    assert prov["algorithm"] == "fbp+resattunet" and "dense scan" in prov["model_skipped"]
+    np.testing.assert_array_equal(vols["default"], vols["fbp"])
