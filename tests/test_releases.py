@@ -103,6 +103,22 @@ def test_dense_scans_keep_their_fbp(shipped, caplog):
     assert releases.fallback_reason(cfg, 600) is None
     assert "dense scan" in releases.fallback_reason(cfg, 601)
     assert releases.fallback_reason(cfg, None) is None
+    assert releases.caution(cfg, 10) is None                     # no caution_below set
+
+
+def test_caution_below_warns_but_applies(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(releases, "WEIGHTS_DIR", tmp_path)
+    folder = _release(tmp_path / "unet", [10, 300], [4], min_angles=9, bias=0.5)
+    import json as _json
+    cfg_path = folder / "config.json"
+    d = _json.loads(cfg_path.read_text())
+    d["release"]["caution_below"] = 30
+    cfg_path.write_text(_json.dumps(d))
+    proj, theta = _sino(16)
+    with caplog.at_level(logging.WARNING, logger="tomodl"):
+        out = tomodl.recon(proj, theta, algorithm="fbp+unet")
+    assert "invent pore-like features below 30" in caplog.text
+    assert np.abs(out - tomodl.recon(proj, theta, algorithm="fbp")).max() > 1e-4
 
 
 def test_network_applied_at_or_above_min_angles(shipped):

@@ -13,6 +13,7 @@ Each shipped folder's ``config.json`` has a ``release`` record::
      "min_angles": 10,           # below this the network was measured not to help: FBP is kept
      "max_angles": 600,          # above this the FBP has no sparse-view streaks to remove
      "auto": true,               # false: only used when named (--model resattunet-x20)
+     "caution_below": 30,        # applied, with a warning: measured to invent structure here
      "description": "...", "metrics": {...}}
 
 :func:`select_weights` picks the folder for ``fbp+<arch>`` (``sparse=K`` picks the one trained
@@ -154,3 +155,17 @@ def fallback_reason(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> 
                 f"weights serve up to {high}): no sparse-view streaks to remove, the FBP is "
                 f"returned unchanged (pass your own --model to force the network)")
     return None
+
+
+def caution(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> Optional[str]:
+    """A warning for data the network improves on average but where it was seen to invent
+    structure (``release["caution_below"]`` projections per half turn), else None."""
+    if cfg is None or n_angles is None:
+        return None
+    below = (cfg.release or {}).get("caution_below")
+    if below is None or n_angles >= float(below):
+        return None
+    return (f"{n_angles:.0f} projections per half turn: the {cfg.arch} output improves PSNR and "
+            f"SSIM over the FBP but was seen to invent pore-like features below {below} "
+            f"projections (docs/results.md); compare with --algorithm fbp before measuring "
+            f"small structures")

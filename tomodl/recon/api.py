@@ -174,7 +174,7 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
         return None
     try:
         from tomodl.models.inference import denoise, load_denoiser
-        from tomodl.models.releases import angles_per_half_turn, fallback_reason
+        from tomodl.models.releases import angles_per_half_turn, caution, fallback_reason
     except ImportError as err:
         raise TomodlError(f"algorithm 'fbp+{alg.model}' needs tomodl's deep-learning part "
                           f"(torch): {err}; install torch or use algorithm='fbp'") from err
@@ -187,6 +187,8 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
         if reason is not None:
             logger.warning("%s", reason)
             return None
+        if caution(den.config, n180) is not None:
+            logger.warning("%s", caution(den.config, n180))
     trained = getattr(den, "sparse_factor", None)
     if sparse is not None and trained is not None and int(sparse) != int(trained):
         logger.warning("the %s weights were trained for sparse factor %s, the data have %s: "

@@ -116,7 +116,7 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
 
     from tomodl.backend import resolve_device
     from tomodl.models.inference import load_denoiser, resolve_dtype
-    from tomodl.models.releases import fallback_reason
+    from tomodl.models.releases import caution, fallback_reason
     from tomodl.recon.budget import denoiser_budget
 
     den = load_denoiser(arch, model, n_angles=n_angles, sparse=None if model else sparse)
@@ -124,6 +124,8 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
     if skipped is not None:
         logger.warning("%s", skipped)
         return None, None, skipped
+    if not model and caution(den.config, n_angles) is not None:
+        logger.warning("%s", caution(den.config, n_angles))
     dev = resolve_device(device)
     cdtype = resolve_dtype(dtype or "auto", dev)
     if den.filter_name is not None and den.filter_name != filter_name:
