@@ -169,3 +169,13 @@ def caution(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> Optional
             f"SSIM over the FBP but was seen to invent pore-like features below {below} "
             f"projections (docs/results.md); compare with --algorithm fbp before measuring "
             f"small structures")
+
+
+def screen(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> Optional[str]:
+    """Apply the release's rules to a scan: log a warning for :func:`fallback_reason` or
+    :func:`caution`; return the fallback reason (the network must be skipped) or None."""
+    reason = fallback_reason(cfg, n_angles)
+    note = reason if reason is not None else caution(cfg, n_angles)
+    if note is not None:
+        logger.warning("%s", note)
+    return reason

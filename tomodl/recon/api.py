@@ -174,7 +174,7 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
         return None
     try:
         from tomodl.models.inference import denoise, load_denoiser
-        from tomodl.models.releases import angles_per_half_turn, caution, fallback_reason
+        from tomodl.models.releases import angles_per_half_turn, screen
     except ImportError as err:
         raise TomodlError(f"algorithm 'fbp+{alg.model}' needs tomodl's deep-learning part "
                           f"(torch): {err}; install torch or use algorithm='fbp'") from err
@@ -182,13 +182,8 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
     sparse = model_kw.get("sparse")
     den = load_denoiser(alg.model, model_kw.get("model"), n_angles=n180,
                         sparse=None if model_kw.get("model") is not None else sparse)
-    if model_kw.get("model") is None:
-        reason = fallback_reason(den.config, n180)
-        if reason is not None:
-            logger.warning("%s", reason)
-            return None
-        if caution(den.config, n180) is not None:
-            logger.warning("%s", caution(den.config, n180))
+    if model_kw.get("model") is None and screen(den.config, n180) is not None:
+        return None
     trained = getattr(den, "sparse_factor", None)
     if sparse is not None and trained is not None and int(sparse) != int(trained):
         logger.warning("the %s weights were trained for sparse factor %s, the data have %s: "

@@ -116,16 +116,13 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
 
     from tomodl.backend import resolve_device
     from tomodl.models.inference import load_denoiser, resolve_dtype
-    from tomodl.models.releases import caution, fallback_reason
+    from tomodl.models.releases import screen
     from tomodl.recon.budget import denoiser_budget
 
     den = load_denoiser(arch, model, n_angles=n_angles, sparse=None if model else sparse)
-    skipped = None if model else fallback_reason(den.config, n_angles)
+    skipped = None if model else screen(den.config, n_angles)
     if skipped is not None:
-        logger.warning("%s", skipped)
         return None, None, skipped
-    if not model and caution(den.config, n_angles) is not None:
-        logger.warning("%s", caution(den.config, n_angles))
     dev = resolve_device(device)
     cdtype = resolve_dtype(dtype or "auto", dev)
     if den.filter_name is not None and den.filter_name != filter_name:
