@@ -13,7 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from tomodl.cli.evaluate import evaluate as evaluate_cmd  # noqa: E402
 from tomodl.metrics import circle_mask  # noqa: E402
-from tomodl.training.evaluate import evaluate, image_scores  # noqa: E402
+from tomodl.training.evaluate import evaluate, image_scores, table_markdown  # noqa: E402
 from tomodl.training.toy import write_toy_pairs  # noqa: E402
 
 
@@ -97,3 +97,20 @@ def test_profile_precision_writes_table2(setup, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
     assert {r["precision"] for r in rows} == {"fp32", "amp"}
     assert all(float(r["peak_mib"]) > 0 and float(r["seconds"]) > 0 for r in rows)
+
+
+def test_empty_splits_are_left_out(tmp_path):
+    """A held-out file (``--fractions 0,0,1``) has empty /train and /val: only /test is scored."""
+    import h5py
+
+    pairs = str(write_toy_pairs(tmp_path / "held.h5", counts={"train": 1, "val": 1, "test": 2},
+                                size=(33, 35)))
+    with h5py.File(pairs, "r+") as f:      # as make_pairs writes it: empty, resizable groups
+        for split in ("train", "val"):
+            for name in ("input", "target"):
+                data = f[split][name][()]
+                del f[split][name]
+                f[split].create_dataset(name, data=data[:0], maxshape=(None, *data.shape[1:]))
+    res = evaluate(pairs, {})
+    assert res.splits == ["test"] and res.n_images == {"test": 2}
+    assert "nan" not in table_markdown(res)

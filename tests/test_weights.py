@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 
 import tomodl  # noqa: E402
 from tomodl.errors import OutputError, TomodlError, WeightsError  # noqa: E402
-from tomodl.models.registry import WEIGHTS_DIR  # noqa: E402
 from tomodl.models.weights import load_weights, read_config, save_weights  # noqa: E402
 from tomodl.normalization import Policy  # noqa: E402
 
@@ -173,10 +172,11 @@ def test_bad_config(tmp_path):
         load_weights(folder)
 
 
-def test_pretrained_true_names_the_missing_shipped_folder():
-    if (WEIGHTS_DIR / "resattunet").is_dir():
-        pytest.skip("released weights exist")
-    with pytest.raises(WeightsError, match=r"tomodl/weights/resattunet does not exist"):
+def test_pretrained_true_names_the_missing_shipped_folder(tmp_path, monkeypatch):
+    from tomodl.models import registry
+
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    with pytest.raises(WeightsError, match=r"weights/resattunet does not exist"):
         tomodl.create_model("resattunet", pretrained=True)
 
 

@@ -92,7 +92,8 @@ def evaluate(pairs: str, models: Dict[str, str], *, splits: Sequence[str] = SPLI
     Parameters
     ----------
     pairs : str
-        Pairs file (``tomodl simulate pairs``); splits absent from the file are skipped.
+        Pairs file (``tomodl simulate pairs``); splits absent from the file or empty (a
+        held-out file has only ``/test``) are skipped.
     models : dict
         Display name -> weights folder (its ``config.json`` names the architecture and the
         normalization policy, applied by :func:`tomodl.models.inference.denoise`).
@@ -111,7 +112,7 @@ def evaluate(pairs: str, models: Dict[str, str], *, splits: Sequence[str] = SPLI
 
     dens = _denoisers(models)
     with h5py.File(pairs, "r") as f:
-        present = [s for s in splits if s in f]
+        present = [s for s in splits if s in f and f[s]["input"].shape[0] > 0]
     result = EvalResult([FBP] + list(models), present, {})
     for split in present:
         n, h, w = split_shape(pairs, split)
