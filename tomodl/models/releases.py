@@ -10,7 +10,7 @@ Each shipped folder's ``config.json`` has a ``release`` record::
 
     {"name": "resattunet", "sparse_factors": [4, 10, 20, 40, 80, 120],
      "angles": [10, 300],        # projections per half turn it was trained on
-     "min_angles": 10,           # below this the network was measured not to help: FBP is kept
+     "min_angles": 9,            # below this it was never validated on real data: FBP is kept
      "max_angles": 600,          # above this the FBP has no sparse-view streaks to remove
      "auto": true,               # false: only used when named (--model resattunet-x20)
      "caution_below": 30,        # applied, with a warning: measured to invent structure here
@@ -18,7 +18,8 @@ Each shipped folder's ``config.json`` has a ``release`` record::
 
 :func:`select_weights` picks the folder for ``fbp+<arch>`` (``sparse=K`` picks the one trained
 for 1 in ``K`` angles; otherwise the angle count decides); :func:`fallback_reason` says when the
-network must not be applied because it was measured to make such data worse than its FBP.
+network must not be applied (outside the range it was validated for), :func:`caution` when it is
+applied with a warning, and :func:`screen` applies both rules for the reconstruction paths.
 """
 from __future__ import annotations
 
