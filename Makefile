@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) scripts/demo.py --out $(DEMO_DIR)
+	$(PY) scripts/demo.py --out-path $(DEMO_DIR)
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -78,9 +78,10 @@ def simulate(work: Path, size: int, slices: int, angles: int) -> Path:
     path = work / f"foam_{size}px_{slices}sl_{angles}a.h5"
     if not path.exists():
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tomodl", "simulate", "foam", str(path), "--size",
-                        str(size), "--slices", str(slices), "--angles", str(angles), "--seed",
-                        "1", "--no-progress"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "tomodl", "simulate", "foam", "--out-path",
+                        str(path), "--size", str(size), "--slices", str(slices), "--angles",
+                        str(angles), "--seed", "1", "--no-progress"], check=True,
+                       capture_output=True)
         print(f"# simulated {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
 

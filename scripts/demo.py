@@ -8,6 +8,10 @@
    weights shipped in the package (automatic rotation axis, TomoPy's shepp filter);
 3. write TIFFs and a side-by-side PNG (ground truth | sparse FBP | FBP+ResAttUnet) and print the
    PSNR and SSIM of both against the ground truth.
+
+Run again, it replaces its own outputs.  Where the folder holds a file that tomodl may not
+replace (one it did not write, e.g. the unmarked preview.png of an older tomodl), the demo
+leaves it alone and writes into the first free ``<folder>_<n>`` instead, saying so in one line.
 """
 from __future__ import annotations
 
@@ -28,9 +32,39 @@ def run_cli(args):
         sys.exit(code)
 
 
+#: what the demo writes in its folder -> the kinds of tomodl output each may replace
+OUTPUTS = {"scan.h5": ("scan",), "scan_fbp": ("volume",), "scan_fbp_resattunet": ("volume",),
+           "preview.png": ("image",)}
+
+
+def output_folder(wanted: Path) -> Path:
+    """``wanted``, or the first ``<wanted>_<n>`` where every output of the demo may be written.
+
+    The check is :func:`tomodl.io.atomic.check_replace`, the rule of every tomodl command:
+    nothing is deleted or replaced that tomodl did not write.
+    """
+    from tomodl.errors import OutputError
+    from tomodl.io.atomic import check_replace
+
+    refusal = None
+    for n in range(1, 100):
+        folder = wanted if n == 1 else wanted.with_name(f"{wanted.name}_{n}")
+        try:
+            for name, kinds in OUTPUTS.items():
+                check_replace(folder / name, overwrite=True, kinds=kinds)
+        except OutputError as err:
+            refusal = refusal or err
+            continue
+        if refusal is not None:
+            print(f"Note: {refusal}; the demo leaves it alone and writes to {folder}/ instead",
+                  flush=True)
+        return folder
+    raise refusal
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument("--out-path", "--out", dest="out", type=Path, default=Path("demo_out"))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--angles", type=int, default=60)
@@ -42,9 +76,10 @@ def main() -> None:
     from tomodl.metrics import circle_mask, psnr, ssim
     from tomodl.sim.scan import read_ground_truth
 
+    args.out = output_folder(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     scan = args.out / "scan.h5"
-    run_cli(["simulate", "foam", scan, "--family", "mixed", "--size", args.size,
+    run_cli(["simulate", "foam", "--out-path", scan, "--family", "mixed", "--size", args.size,
              "--slices", args.slices, "--angles", args.angles, "--seed", 2026, "--overwrite",
              "--no-progress"])
     gt = read_ground_truth(scan)[0]
@@ -68,5 +103,14 @@ def main() -> None:
     print("\n".join(lines))
     print(f"side-by-side PNG: {preview}  (ground truth | sparse FBP | FBP+ResAttUnet)")
 
+
 if __name__ == "__main__":
-    main()
+    import click
+
+    from tomodl.errors import TomodlError
+
+    try:
+        main()
+    except (TomodlError, click.ClickException) as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -10,7 +10,7 @@ and skipped exactly as for a user who passes no ``--model``).  PSNR and SSIM
 the reference alone (:func:`sample_mask`), with ``data_range`` = the 1st-99.9th percentile
 span of the reference inside the mask, and averaged over the slices; the same over the whole
 reconstruction circle (``*_circle``) catches structures a network invents in the air around
-the sample.  Outputs in ``--out``: ``table.md``, ``table.csv``, ``figure.png``, ``mask.png``.
+the sample.  Outputs in ``--out-path``: ``table.md``, ``table.csv``, ``figure.png``, ``mask.png``.
 
 Example::
 
@@ -238,10 +238,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("scan", nargs="?", type=Path, default=DEFAULT_SCAN)
     ap.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER")
     ap.add_argument("--factors", type=int, nargs="+", default=[4, 10, 20])
-    ap.add_argument("--center", type=float, default=None, help="default: tomodl.find_center")
+    ap.add_argument("--rotation-axis", "--center", dest="center", type=float, default=None,
+                    help="default: tomodl.find_center")
     ap.add_argument("--rows", type=int, nargs=2, default=None, metavar=("START", "STOP"),
                     help="detector rows to read (default: all)")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/eval_real"))
+    ap.add_argument("--out-path", "--out", dest="out", type=Path, default=Path("/tmp/eval_real"))
     args = ap.parse_args(argv)
     bad = [m for m in args.model if "=" not in m]
     if bad:

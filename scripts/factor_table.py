@@ -1,10 +1,11 @@
 """Collect ``tomodl evaluate`` results on held-out files of several sparse factors into one table.
 
-Each ``DIR`` is the ``--out`` of ``tomodl evaluate heldout_xK.h5 ...`` (its ``table1.csv``); the
-factor ``K`` and the angle count are read from the pairs file named with ``--pairs``:
+Each ``DIR`` is the ``--out-path`` of ``tomodl evaluate heldout_xK.h5 ...`` (its
+``table1.csv``); the factor ``K`` and the angle count are read from the pairs file named with
+``--pairs``:
 
     python scripts/factor_table.py results/heldout_x{4,10,20,40,80,120} \\
-        --pairs data/heldout_x{4,10,20,40,80,120}.h5 --out results/factors.md
+        --pairs data/heldout_x{4,10,20,40,80,120}.h5 --out-path results/factors.md
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def main() -> None:
     ap.add_argument("dirs", type=Path, nargs="+")
     ap.add_argument("--pairs", type=Path, nargs="+", required=True)
     ap.add_argument("--protocol", default="float", choices=("float", "8bit"))
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out-path", "--out", dest="out", type=Path, required=True)
     a = ap.parse_args()
 
     import h5py

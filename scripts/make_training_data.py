@@ -13,7 +13,7 @@ Pairs written to OUT:
   heldout_xK.h5    K in 2 4 10 20 40 80 120: scans of phantoms never used in training (other
                    seeds), all in /test
 
-Usage:  python scripts/make_training_data.py --out data   (about 6 minutes on 2 cores)
+Usage:  python scripts/make_training_data.py --out-path data   (about 6 minutes on 2 cores)
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def one_scan(job) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("data"))
+    ap.add_argument("--out-path", "--out", dest="out", type=Path, default=Path("data"))
     ap.add_argument("--train-scans", type=int, default=36)
     ap.add_argument("--heldout-scans", type=int, default=12)
     ap.add_argument("--size", type=int, default=256)

@@ -93,7 +93,8 @@ def test_algorithm_parsing():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"algorithm": "gridrec"}, "Unknown algorithm 'gridrec'; choose one of .*fbp\\+resattunet"),
+    ({"algorithm": "bogus"}, "Unknown algorithm 'bogus'; choose one of .*fbp\\+resattunet"),
+    ({"algorithm": "sirt"}, "'sirt' is one of TomoPy's iterative.*choose one of .*'fbp'"),
     ({"filter_name": "nope"}, "nope.*shepp"),
     ({"bogus": 1}, "Unknown keyword.*bogus.*allowed"),
     ({"model": "x"}, "Unknown keyword.*model.*need algorithm='fbp\\+<model>'"),
@@ -191,3 +192,71 @@ def test_recon_accepts_a_tomopy_style_callable(proj):
     assert seen[0] == ["filter_name", "num_gridx", "num_gridy", "options"] and len(seen) == 2
     with pytest.raises(ValueError, match="device"):
         recon(proj, THETA, algorithm=algo, device="cpu")
+
+
+# -- issue 11: geometry that cannot give an image, doubtful geometry, TomoPy names ------------
+@pytest.mark.parametrize("n, theta, match", [
+    (1, THETA[:1], "1 distinct projection direction .* for 1 projection"),
+    (2, THETA[:2], "2 distinct projection directions .* for 2 projections"),
+    (33, np.full(33, 0.4, np.float32), "1 distinct projection direction .* for 33 projections"),
+    (4, np.array([0.0, np.pi, 0.5, 0.5 + np.pi]), "2 distinct"),       # mirror views add nothing
+])
+def test_too_few_directions_are_refused_by_recon_and_fbp(proj, n, theta, match):
+    from tomodl.errors import GeometryError
+
+    with pytest.raises(GeometryError, match=match + ".*at least 3"):
+        recon(proj[:n], theta, 17.3)
+    with pytest.raises(GeometryError, match=match):
+        fbp(np.swapaxes(proj[:n], 0, 1), theta, 17.3)
+
+
+@pytest.mark.parametrize("center", [1000.0, -5.0, [17.3, 17.3, 60.0]])
+def test_axis_off_the_detector_is_refused_naming_the_argument(proj, center):
+    from tomodl.errors import GeometryError
+
+    with pytest.raises(GeometryError, match="off the detector, whose columns are 0 to 36; "
+                                            "pass center= in detector pixels") as err:
+        recon(proj, THETA, center)
+    assert "--rotation-axis" not in str(err.value)           # Python is told about arguments
+    assert "--rotation-axis" in err.value.cli_message()      # the command line about options
+    with pytest.raises(GeometryError, match="off the detector"):
+        fbp(np.swapaxes(proj, 0, 1), THETA, center)
+
+
+def test_doubtful_geometry_warns_once_and_still_reconstructs(proj, caplog):
+    with caplog.at_level("WARNING", logger="tomodl"):
+        recon(proj, THETA, 17.3, nchunk=1)
+    assert not caplog.records                                 # a sound scan: silent
+    with caplog.at_level("WARNING", logger="tomodl"):
+        rec = recon(proj[:17], THETA[:17], 17.3, nchunk=1)     # 17 steps of 5.45 deg
+    assert [r.getMessage() for r in caplog.records if "cover 93 of the 180" in r.getMessage()]
+    assert len(caplog.records) == 1 and np.isfinite(rec).all()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tomodl"):
+        recon(proj, THETA, 2.0, nchunk=1)                       # 2.5 px from the edge
+    assert len(caplog.records) == 1 and "from the edge" in caplog.records[0].getMessage()
+
+
+def test_duplicated_angles_raise_no_numpy_warning(proj, recwarn):
+    from tomodl.recon.center import find_center
+
+    theta = THETA.copy()
+    theta[1], theta[5] = theta[0], theta[4]
+    tomo = proj.copy()
+    tomo[1], tomo[5] = tomo[0], tomo[4]
+    c = find_center(tomo, theta, method="registration")
+    assert abs(c - 17.3) < 0.5
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], \
+        [str(w.message) for w in recwarn]
+
+
+def test_tomodl_error_keeps_its_advice_through_pickling():
+    import pickle
+
+    from tomodl.errors import GeometryError
+
+    err = GeometryError("axis off", fix="pass center=", cli_fix="pass --rotation-axis")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is GeometryError and str(back) == "axis off; pass center="
+    assert back.cli_message() == "axis off; pass --rotation-axis"
+    assert TomodlError("plain").cli_message() == "plain"

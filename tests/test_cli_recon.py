@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 import json
+import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -97,9 +99,9 @@ def test_existing_output_needs_overwrite_and_input_is_never_replaced(tiny_scan):
 
 
 def test_failed_run_leaves_no_output_and_resume_finishes(tiny_scan, monkeypatch):
-    from tomodl.recon import pipeline
+    from tomodl.recon import stages
 
-    real, calls = pipeline.reconstruct_chunk, []
+    real, calls = stages.reconstruct_chunk, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -107,7 +109,7 @@ def test_failed_run_leaves_no_output_and_resume_finishes(tiny_scan, monkeypatch)
             raise OSError("simulated disk failure")
         return real(*a, **k)
 
-    monkeypatch.setattr(pipeline, "reconstruct_chunk", flaky)
+    monkeypatch.setattr(stages, "reconstruct_chunk", flaky)
     args = ("recon", tiny_scan.path, "--rotation-axis", 17.3, "--nsino-per-chunk", 1,
             "--no-progress")
     assert "simulated disk failure" in one_line_error(run(*args))
@@ -179,3 +181,132 @@ def test_fbp_plus_model_from_a_weights_folder(tiny_scan, tmp_path):
     msg = one_line_error(run("recon", tiny_scan.path, "--algorithm", "fbp+unet", "--model",
                              tmp_path / "nowhere", "--no-progress"))
     assert "nowhere" in msg
+
+
+# -- issue 11: silent garbage, messages for the command line, damaged files, the docs ---------
+def _nothing_written(folder, scan):
+    """Only the scan itself in ``folder``: no output, no .partial, no lock or progress file."""
+    return sorted(p.name for p in folder.iterdir()) == [scan.name]
+
+
+THETA33 = np.linspace(0.0, np.pi, 33, endpoint=False)
+
+
+@pytest.mark.parametrize("theta, extra, words", [
+    (THETA33[:1], (), "1 distinct projection direction (angles modulo 180 degrees) for 1 "),
+    (THETA33[:2], (), "2 distinct projection directions"),
+    (np.full(33, 0.7), (), "1 distinct projection direction (angles modulo 180 degrees) for 33"),
+    (THETA33, ("--rotation-axis", 1000), "the rotation axis 1000 px is off the detector"),
+    (THETA33, ("--rotation-axis", -5), "the rotation axis -5 px is off the detector"),
+    (THETA33, ("--rotation-axis", 1000, "--reconstruction-type", "try"), "off the detector"),
+    (THETA33[:2], ("--algorithm", "fbp+resattunet"), "2 distinct"),
+])
+def test_what_cannot_be_reconstructed_is_refused_before_any_output(tmp_path, theta, extra,
+                                                                   words):
+    from conftest import write_scan
+
+    scan = write_scan(tmp_path / "s.h5", theta, n_rows=2)
+    msg = one_line_error(run("recon", scan.path, "--no-progress", *extra))
+    assert words in msg and f"'{scan.path}'" in msg, msg
+    if "axis" in words:
+        assert "pass --rotation-axis in detector pixels, 0 to 36, or auto" in msg
+        assert "center=" not in msg                       # no Python argument on the CLI
+    assert _nothing_written(tmp_path, scan.path)
+
+
+def test_rotation_axis_must_be_finite(tiny_scan):
+    msg = one_line_error(run("recon", tiny_scan.path, "--rotation-axis", "nan"))
+    assert "'nan' is not a finite number of pixels" in msg
+    assert _nothing_written(tiny_scan.path.parent, tiny_scan.path)
+
+
+def test_doubtful_axis_is_reconstructed_with_one_warning(tiny_scan):
+    res = run("recon", tiny_scan.path, "--rotation-axis", 2.0, "--nsino-per-chunk", 1,
+              "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.count("WARNING") == 1 and "2.5 px from the edge" in res.stderr
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_duplicated_angles_leak_no_numpy_warning(tmp_path):
+    from conftest import write_scan
+
+    theta = THETA33.copy()
+    theta[1], theta[5] = theta[0], theta[4]                  # two angles recorded twice
+    scan = write_scan(tmp_path / "dup.h5", theta, n_rows=2)
+    res = run("recon", scan.path, "--center-method", "registration", "--no-progress")
+    assert res.exit_code == 0, (res.stderr, res.exception)
+    assert "RuntimeWarning" not in res.stderr
+
+
+def test_reader_errors_name_the_file_and_no_python_argument(tmp_path):
+    from tomodl.io import write_dx
+
+    proj = np.full((33, 2, 37), 5000.0, np.float32)
+    proj[3, 1, 5] = np.nan
+    path = write_dx(tmp_path / "nan.h5", proj, np.full((2, 2, 37), 9000.0, np.float32), None,
+                    THETA33)
+    msg = one_line_error(run("recon", path, "--rotation-axis", 18, "--no-progress"))
+    assert "Scan file" in msg and "nan.h5" in msg and "NaN/Inf" in msg and "repair the data" in msg
+    assert "nonfinite=" not in msg
+
+
+def test_corrupt_metadata_names_the_file_and_the_dataset(tiny_scan):
+    raw = bytearray(tiny_scan.path.read_bytes())
+    at = raw.find(b"GCOL")                                   # the global heap (string attributes)
+    raw[at:at + 4] = b"XXXX"
+    tiny_scan.path.write_bytes(bytes(raw))
+    msg = one_line_error(run("recon", tiny_scan.path, "--no-progress"))
+    assert msg.startswith(f"Error: Scan file '{tiny_scan.path}': cannot read dataset "
+                          "/exchange/theta (attribute 'units') (HDF5: "), msg
+    assert "truncated or corrupt" in msg
+
+
+def _usage_table():
+    """Rows ``| `--opt`, `--other` | meaning |`` of the recon table in docs/usage.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    section = text.split("## Command line: `tomodl recon`")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `-")]
+    cells = {row: re.split(r"(?<!\\)\|", row) for row in rows}      # "\|" is a pipe in a cell
+    return {row: re.findall(r"`(--?[a-z][a-z-]*)", cell[1]) for row, cell in cells.items()}
+
+
+def test_docs_list_each_recon_option_once_with_the_codes_defaults():
+    import inspect
+
+    from tomodl.cli.recon import recon as command
+
+    table = _usage_table()
+    listed = [opt for opts in table.values() for opt in opts]
+    assert len(listed) == len(set(listed)), "an option is listed twice in docs/usage.md"
+    params = {o: p for p in command.params for o in p.opts + p.secondary_opts}
+    assert set(listed) <= set(params), set(listed) - set(params)
+    documented = {params[o].name for o in listed}
+    shown = {p.name for p in command.params if not getattr(p, "hidden", False)}
+    missing = shown - {"scan", "help"} - documented
+    assert not missing, f"document these `tomodl recon` options in docs/usage.md: {missing}"
+    (row,) = [r for r, opts in table.items() if "--algorithm" in opts]
+    assert f"`{params['--algorithm'].default}` (default" in row
+    usage = (Path(tomodl.__file__).parents[1] / "docs" / "usage.md").read_text()
+    default = inspect.signature(tomodl.recon).parameters["algorithm"].default
+    assert f'sinogram_order=False, algorithm="{default}",' in " ".join(usage.split())
+    assert "the default is plain FBP" not in usage
+
+
+def test_try_mode_near_the_edge_cuts_the_trials_at_the_detector(tiny_scan):
+    res = run("recon", tiny_scan.path, "--reconstruction-type", "try", "--rotation-axis", 3,
+              "--center-search-width", 5, "--center-search-step", 1)
+    assert res.exit_code == 0, res.stderr                 # trials -2 and -1 are off the detector
+    out = tiny_scan.path.with_name("tiny_try")
+    assert sorted(json.loads((out / "sharpness.json").read_text())["centers"]) == \
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+
+
+def test_degrees_labelled_radians_are_a_file_error_not_python_advice(tiny_scan):
+    with h5py.File(tiny_scan.path, "a") as f:
+        f["/exchange/theta"].attrs["units"] = "rad"          # the values are degrees
+    msg = one_line_error(run("recon", tiny_scan.path, "--no-progress"))
+    assert "/exchange/theta has units 'rad'" in msg and "set its 'units' attribute to 'deg'" in msg
+    assert "np.deg2rad" not in msg

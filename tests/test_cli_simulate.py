@@ -91,4 +91,9 @@ def test_existing_output_needs_overwrite(tmp_path):
     out.write_bytes(b"keep")
     one_line_error(run("foam", out, *SMALL), "exists", "overwrite")
     assert out.read_bytes() == b"keep"
+    # --overwrite replaces only what tomodl wrote (issue 11): not this file, but its own scan
+    one_line_error(run("foam", out, *SMALL, "--overwrite"), "not written by tomodl")
+    assert out.read_bytes() == b"keep"
+    out.unlink()
+    assert run("foam", out, *SMALL).exit_code == 0
     assert run("foam", out, *SMALL, "--overwrite").exit_code == 0

@@ -80,9 +80,9 @@ def _killer(marker):
         import os
         import signal
 
-        from tomodl.recon import pipeline
+        from tomodl.recon import stages
 
-        real = pipeline.reconstruct_chunk
+        real = stages.reconstruct_chunk
 
         def die_once(*a, **k):
             if not os.path.exists(marker):
@@ -90,7 +90,7 @@ def _killer(marker):
                 os.kill(os.getpid(), signal.SIGKILL)      # the worker process dies mid-chunk
             return real(*a, **k)
 
-        pipeline.reconstruct_chunk = die_once
+        stages.reconstruct_chunk = die_once
 
     return patch
 
@@ -98,15 +98,15 @@ def _killer(marker):
 def _failing(on):
     """Make every chunk raise on the workers (``on=True``), or undo it."""
     def patch():
-        from tomodl.recon import pipeline
+        from tomodl.recon import stages
 
-        real = getattr(pipeline, "_unpatched", pipeline.reconstruct_chunk)
+        real = getattr(stages, "_unpatched", stages.reconstruct_chunk)
 
         def fail(*a, **k):
             raise RuntimeError("simulated fault on this worker")
 
-        pipeline._unpatched = real
-        pipeline.reconstruct_chunk = fail if on else real
+        stages._unpatched = real
+        stages.reconstruct_chunk = fail if on else real
 
     return patch
 
@@ -140,8 +140,21 @@ def test_failing_chunk_is_one_line_and_the_rerun_finishes(data, cluster, tmp_pat
     assert re.search(r"Error: Rows \[\d+, \d+\) failed in a Dask worker: RuntimeError: "
                      r"simulated fault on this worker; \d+ of 16 slices are kept in '.*"
                      r"fail.h5.partial'; fix the cause and rerun the same command to "
-                     r"continue$", res.stderr.strip()), res.stderr
+                     r"continue \(--no-resume starts again and clears it\)$",
+                     res.stderr.strip()), res.stderr
     assert not out.exists()
     res = run(*args)
     assert res.exit_code == 0, res.stderr
     np.testing.assert_array_equal(read_h5(out)[0], ref)
+
+
+def test_unreachable_scheduler_is_one_line_before_any_output(data, tmp_path, monkeypatch):
+    from tomodl.recon import distributed
+
+    monkeypatch.setattr(distributed, "SCHEDULER_TIMEOUT", "1s")
+    scan, common, _, _ = data
+    out = tmp_path / "r.h5"
+    res = run("recon", scan, "--scheduler", "tcp://127.0.0.1:1", "--out-path", out, *common)
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "cannot connect to the Dask scheduler 'tcp://127.0.0.1:1'" in res.stderr
+    assert list(tmp_path.iterdir()) == []                    # no partial output, no lock

@@ -194,3 +194,55 @@ def test_recon_with_a_saved_model_end_to_end(tmp_path):
     assert rec.shape == (3, n, n) and rec.dtype == np.float32
     np.testing.assert_allclose(rec, expected, atol=1e-6 * float(np.ptp(expected)))
     assert np.abs(rec - fbp_only).max() > 1e-3 * float(np.ptp(fbp_only))  # the model did act
+
+
+def _disk_projections(n=37, n_angles=30):
+    theta = np.linspace(0, np.pi, n_angles, endpoint=False, dtype=np.float32)
+    u = np.arange(n) - (n - 1) / 2
+    chord = 2 * np.sqrt(np.clip(10.0**2 - u**2, 0, None)) * 0.01
+    return np.broadcast_to(chord, (n_angles, 2, n)).astype(np.float32).copy(), theta
+
+
+def test_non_finite_network_output_is_an_error_never_a_silent_volume():
+    """NaN weights in an in-memory module (load_weights refuses them in files) and a float16
+    overflow of finite weights both raise a WeightsError naming the fix."""
+    net = random_net("unet")
+    with torch.no_grad():
+        net.head.weight.fill_(float("nan"))
+    with pytest.raises(WeightsError, match=r"<module>: the unet network returned NaN or infinite "
+                                           r"values \(computed in float32\); use other weights, "
+                                           r"or algorithm='fbp'") as err:
+        denoise(slices((3, 16, 16)), load_denoiser("unet", net), dtype="float32", batch_size=1)
+    assert err.value.cli_message().endswith("use other weights, or --algorithm fbp")
+    proj, theta = _disk_projections()
+    with pytest.raises(WeightsError, match="returned NaN or infinite values"):
+        tomodl.recon(proj, theta, algorithm="fbp+unet", model=net, dtype="float32")
+
+
+def test_float16_overflow_is_caught_and_float32_suggested(tmp_path):
+    net = random_net("unet")
+    with torch.no_grad():
+        net.head.weight.fill_(6e4)         # finite, but their sum overflows float16
+        net.head.bias.fill_(6e4)
+    folder = save_weights(net, tmp_path / "big", arch="unet", model_args=TINY)
+    den = load_denoiser("unet", folder)
+    x = slices((2, 24, 24))
+    assert np.isfinite(denoise(x, den, dtype="float32")).all()
+    with pytest.raises(WeightsError, match=r"big: the unet network returned NaN or infinite "
+                                           r"values \(computed in float16\); use other weights "
+                                           r"or dtype='float32', or algorithm='fbp'") as err:
+        denoise(x, den, dtype="float16")
+    assert "or --dtype float32, or --algorithm fbp" in err.value.cli_message()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_low_precision_matches_cpu_float32(dtype):
+    """The FP16/BF16 CUDA path: same bound as on the CPU, and CUDA tensors come back on CUDA."""
+    x = slices((3, 37, 31))
+    den = load_denoiser("resattunet", random_net("resattunet"))
+    ref = denoise(x, den, device="cpu", dtype="float32")
+    out = denoise(torch.from_numpy(x).cuda(), den, dtype=dtype)
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    assert np.abs(out.cpu().numpy() - ref).max() <= 0.05 * np.abs(ref - x).max()

@@ -236,7 +236,23 @@ def _not_hdf5(tmp_path, data):
     return path
 
 
+def _corrupt_global_heap(tmp_path, data):
+    """Damaged metadata (issue 11): the global heap holding the variable-length strings (the
+    theta ``units`` attribute) loses its signature; h5py raised a bare OSError."""
+    path = write_dx(tmp_path / "heap.h5", *data)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"GCOL")
+    assert at > 0, "no global heap in the file"
+    raw[at:at + 4] = b"XXXX"
+    path.write_bytes(bytes(raw))
+    return path
+
+
 BAD_FILES = {
+    "corrupt global heap": (_corrupt_global_heap,
+                            "cannot read dataset /exchange/theta (attribute 'units') (HDF5: "),
+    "degrees labelled rad": (lambda t, d: raw_dx(t / "dr.h5", d[0], np.degrees(d[3]), "rad"),
+                             "units 'rad' but max |theta| = 175.1, more than two turns"),
     "missing file": (lambda t, d: t / "nope.h5", "does not exist"),
     "directory": (lambda t, d: t, "is a directory"),
     "not hdf5": (_not_hdf5, "not an HDF5 file"),
@@ -275,8 +291,11 @@ def test_nonfinite_warn_policy(tmp_path, data, caplog):
     bad = data[0].astype(np.float32)
     bad[0, 0, :3] = [np.nan, np.inf, -np.inf]
     path = raw_dx(tmp_path / "nan.h5", bad, data[3], "rad")
-    with pytest.raises(ScanFileError, match="contains 3 NaN/Inf values"):
+    with pytest.raises(ScanFileError, match="contains 3 NaN/Inf values") as err:
         read_dx(path)
+    assert "pass nonfinite='warn'" in str(err.value)            # Python: the argument
+    assert "nonfinite=" not in err.value.cli_message()          # the command line has none
+    assert "repair the data" in err.value.cli_message()
     with caplog.at_level(logging.WARNING, logger="tomodl"):
         assert np.isnan(read_dx(path, nonfinite="warn").proj[0, 0, 0])
     assert any("3 NaN/Inf" in r.getMessage() for r in caplog.records)

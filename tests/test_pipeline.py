@@ -4,6 +4,7 @@ provenance, one-line errors for failing chunks and unwritable outputs."""
 import errno
 import json
 import os
+import re
 import subprocess
 import threading
 import tracemalloc
@@ -141,6 +142,58 @@ def test_chunk_rows_follow_the_budget_not_the_volume(scan):
     assert plan_chunks(info, cfg) == [(r, r + 2) for r in range(0, 12, 2)]
 
 
+@pytest.mark.parametrize("n", [29, 64, 300])
+def test_the_denoiser_minimum_gives_whole_slices_or_sane_tiles(n):
+    torch = pytest.importorskip("torch")
+    from tomodl.models.inference import plan_denoise
+    from tomodl.models.registry import create_model
+
+    net = create_model("unet", base_filters=4, depth=2)
+    need = budget.denoiser_memory(net, n, torch.float32)
+    plan = plan_denoise(net, (3, n, n), torch.device("cpu"), torch.float32,
+                        max_memory=need.share(0))                  # the minimum, never less
+    assert need.share(0) == need.minimum <= need.share(10**12) == need.wanted
+    assert plan.tile == 0 or plan.tile >= budget.MIN_TILE_MARGINS * net.receptive_margin
+
+
+def test_the_suggested_max_memory_works_and_does_not_move(tmp_path):
+    """One budget with the network in it: too little is one error naming the minimum, the
+    advice does not move when followed, and exactly the minimum runs (without tiny tiles)."""
+    path = write_scan(tmp_path / "wide.h5", np.linspace(0, np.pi, 37, endpoint=False),
+                      n_rows=4, n_det=101, center=50.2).path
+    weights = save_tiny_unet(tmp_path / "w")
+    args = ("recon", path, "--algorithm", "fbp+unet", "--model", weights, "--dtype", "float32",
+            "--rotation-axis", 50.2, "--ncore", 1, "--save-format", "h5", "--no-progress",
+            "--out-path", tmp_path / "r.h5", "--max-memory")
+    need = re.search(r"pass --max-memory (\d+)M ", one_line_error(run(*args, "64K"))).group(1)
+    assert f"pass --max-memory {need}M " in one_line_error(run(*args, f"{int(need) - 1}M"))
+    res = run(*args, f"{need}M")
+    assert res.exit_code == 0, res.output
+    assert "too small" not in res.stderr
+
+
+def test_api_and_command_line_set_up_the_denoiser_alike(scan, tmp_path, caplog):
+    """One set-up: the same warnings (filter and sparse factor) and the same memory sizing."""
+    pytest.importorskip("torch")
+    from tomodl.io import read_dx
+    from tomodl.recon.api import recon
+    from tomodl.recon.preprocess import minus_log, normalize
+
+    weights = save_tiny_unet(tmp_path / "w", filter_name="hann", sparse_factor=4)
+    raw = read_dx(scan.path)
+    caplog.set_level("WARNING")
+    recon(minus_log(normalize(raw.proj, raw.flat, raw.dark)), raw.theta, 13.6,
+          algorithm="fbp+unet", model=str(weights), sparse=2, ncore=1)
+    api = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+    reconstruct_file(scan.path, ReconConfig(algorithm="fbp+unet", model=str(weights), sparse=2,
+                                            center=13.6, save_format="h5", progress=False,
+                                            out_path=tmp_path / "r.h5", ncore=1))
+    cli = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert api == cli and len(api) == 2, (api, cli)
+    assert "sparse factor 4" in api[0] and "filter 'hann'" in api[1]
+
+
 def test_chunks_todo_rebuilds_the_same_chunks_after_an_interruption():
     full = chunks_todo([(0, 11)], 5, 4)
     assert full == ((5, 9), (9, 13), (13, 16))
@@ -155,7 +208,7 @@ def test_peak_memory_does_not_grow_with_the_volume(tmp_path):
     for i, rows in enumerate((12, 12, 96)):                    # the first run warms up
         path = write_scan(tmp_path / f"s{i}.h5", theta, n_rows=rows, n_det=41, center=20.0)
         cfg = ReconConfig(algorithm="fbp", center=20.0, nsino_per_chunk=2, save_format="h5",
-                          progress=False,
+                          progress=False, preview=False,   # its strips grow as slices x N
                           out_path=tmp_path / f"r{i}.h5")
         tracemalloc.start()
         reconstruct_file(path.path, cfg)
@@ -200,22 +253,72 @@ def test_provenance_records_the_model_and_the_input(scan, tmp_path):
     assert vol.shape == (12, 29, 29) and np.isfinite(vol).all()
 
 
-def test_nan_rows_fail_one_chunk_with_one_line_and_keep_the_chunks_before(scan, tmp_path):
+def test_nan_rows_fail_with_the_rows_and_leave_nothing_behind(scan, tmp_path):
+    """A NaN in the data is found by the chunk that reads it: every rerun would meet it again,
+    so the message names the cause and the rows, does not ask for a rerun, and the partial
+    output (with its progress record and lock) is removed."""
     from tomodl.io import read_dx, write_dx
 
     proj, flat, dark, theta = read_dx(scan.path)
     proj[7, 5, 3] = np.nan                                    # detector row 5 -> chunk [4, 6)
     bad = tmp_path / "nan.h5"
     write_dx(bad, proj, flat, dark, theta, theta_units="rad")
+    before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "nan_rec.h5"
     args = ("recon", bad, "--rotation-axis", 13.6, "--nsino-per-chunk", 2, "--save-format",
             "h5", "--out-path", out, "--no-progress")
     msg = one_line_error(run(*args))
-    assert "NaN" in msg and "(rows [4, 6); 4 of 12 slices are kept in" in msg, msg
-    assert msg.endswith("rerun the same command to continue)")
-    assert not out.exists()
-    record = json.loads(out.with_name("nan_rec.h5.progress.json").read_text())
-    assert record["done"] == [[0, 4]]
+    assert "NaN" in msg and "(detector rows [4, 6))" in msg and "nothing was written" in msg
+    assert "rerun the same command" not in msg and "--start-row/--end-row" in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_missing_gpu_is_one_line_before_any_output(scan, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    for extra in ((), ("--reconstruction-type", "try")):
+        msg = one_line_error(run("recon", scan.path, "--rotation-axis", 13.6, "--device", "cuda",
+                                 "--out-path", tmp_path / "r", "--no-progress", *extra))
+        assert "no CUDA GPU" in msg and "--device cpu" in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.h5"]
+
+
+@pytest.mark.parametrize("option", [("--center-search-width", "1e9"),
+                                    ("--center-search-step", "1e-9"),
+                                    ("--center-search-width", "inf")])
+def test_try_mode_bounds_the_trial_centres(scan, tmp_path, option):
+    msg = one_line_error(run("recon", scan.path, "--reconstruction-type", "try",
+                             "--rotation-axis", 13.6, "--out-path", tmp_path / "t", *option))
+    assert "at most 500" in msg or "finite, positive" in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.h5"]
+
+
+def test_write_center_bounds_the_trial_centres_before_allocating():
+    from tomodl.recon.center import write_center
+
+    sino = np.zeros((8, 1, 9), np.float32)
+    with pytest.raises(ValueError, match="gives 2000000000 trial centres; at most 500"):
+        write_center(sino, np.linspace(0, 3, 8), "unused", (0, 2, 1e-9))
+    with pytest.raises(ValueError, match="finite"):
+        write_center(sino, np.linspace(0, 3, 8), "unused", (0, np.inf, 1))
+
+
+def test_data_warnings_come_once_per_run_not_once_per_chunk(scan, tmp_path, caplog):
+    from tomodl.io import read_dx, write_dx
+
+    proj, flat, dark, theta = read_dx(scan.path)
+    flat[:, :, 3] = dark[0, :, 3]                      # a dead detector column
+    proj[:, :, 20] = 0                                 # a column below the transmission floor
+    bad = tmp_path / "dead.h5"
+    write_dx(bad, proj, flat, dark, theta, theta_units="rad")
+    caplog.set_level("INFO", logger="tomodl")
+    reconstruct_file(bad, ReconConfig(algorithm="fbp", center=13.6, nsino_per_chunk=2,
+                                      save_format="h5", progress=False,
+                                      out_path=tmp_path / "r.h5"))
+    warned = [r.msg for r in caplog.records if r.levelname == "WARNING"]
+    assert sorted(warned) == sorted(set(warned)) and len(warned) == 2, warned
+    assert sum("came 5 more times in this run" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_disk_full_during_the_run_is_one_line(scan, tmp_path, monkeypatch):
@@ -231,7 +334,8 @@ def test_disk_full_during_the_run_is_one_line(scan, tmp_path, monkeypatch):
     out = tmp_path / "full.h5"
     msg = one_line_error(run("recon", scan.path, "--rotation-axis", 13.6, "--nsino-per-chunk",
                              2, "--save-format", "h5", "--out-path", out, "--no-progress"))
-    assert "no space left on device; free disk space" in msg and "4 of 12 slices" in msg, msg
+    assert "no space left on device" in msg and "free disk space" in msg, msg
+    assert "4 of 12 slices" in msg and msg.endswith("(--no-resume starts again and clears it)")
     assert not out.exists() and out.with_name("full.h5.partial").exists()
 
 

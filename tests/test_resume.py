@@ -115,14 +115,17 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_volume(scan, tmp_path, fmt, k
     assert "reusing the rotation axis" in log
     assert f"({done} were already done)" in log
     np.testing.assert_array_equal(read_volume(fmt, out), reference)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ref.name, out.name])
+    from tomodl.recon.preview import preview_path      # the default quick look (issue 14)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [ref.name, out.name, preview_path(ref).name, preview_path(out).name])
     assert (scan.stat().st_mtime_ns, hashlib.sha256(scan.read_bytes()).hexdigest()) == before
 
 
 def test_no_resume_and_changed_settings_start_again(scan, tmp_path, monkeypatch):
-    from tomodl.recon import pipeline
+    from tomodl.recon import stages
 
-    real, calls = pipeline.reconstruct_chunk, []
+    real, calls = stages.reconstruct_chunk, []
 
     def dies_on_third(*a, **k):
         calls.append(1)
@@ -133,10 +136,10 @@ def test_no_resume_and_changed_settings_start_again(scan, tmp_path, monkeypatch)
     out = tmp_path / "r.h5"
     args = ["recon", scan, "--rotation-axis", 31.5, "--nsino-per-chunk", 8, "--save-format",
             "h5", "--out-path", out, "--no-progress"]
-    monkeypatch.setattr(pipeline, "reconstruct_chunk", dies_on_third)
+    monkeypatch.setattr(stages, "reconstruct_chunk", dies_on_third)
     assert run(*args).exit_code != 0                   # Ctrl-C after 2 chunks
     assert progress(out)[0] == 16
-    monkeypatch.setattr(pipeline, "reconstruct_chunk", real)
+    monkeypatch.setattr(stages, "reconstruct_chunk", real)
     res = run(*args, "--resume", "--fbp-filter", "hann")
     assert res.exit_code == 2 and "different settings (provenance keys ['filter_name'])" \
         in res.stderr
@@ -144,10 +147,10 @@ def test_no_resume_and_changed_settings_start_again(scan, tmp_path, monkeypatch)
     res = run(*args, "--no-resume")
     assert res.exit_code == 0 and f"reconstructed {N_ROWS} of {N_ROWS} slices" in res.output
     out.unlink()
-    monkeypatch.setattr(pipeline, "reconstruct_chunk", dies_on_third)
+    monkeypatch.setattr(stages, "reconstruct_chunk", dies_on_third)
     calls.clear()
     run(*args)
-    monkeypatch.setattr(pipeline, "reconstruct_chunk", real)
+    monkeypatch.setattr(stages, "reconstruct_chunk", real)
     res = run(*args, "--fbp-filter", "hann")           # auto: other settings, start again
     assert res.exit_code == 0 and f"reconstructed {N_ROWS} of {N_ROWS}" in res.output
 

@@ -224,3 +224,32 @@ def test_odd_grid_matches_gridrec_grid():
     assert best > 0.99
     for d in [(1, 0), (-1, 0), (0, 1), (0, -1)]:
         assert _corr(np.roll(rec, d, axis=(1, 2)), emu, inside) < best
+
+
+# -- issue 11: what a TomoPy script passes to tomodl.recon ------------------------------------
+def test_tomopy_gridrec_call_runs_as_tomodls_fbp(caplog):
+    import tomodl
+    from tests.conftest import make_lineint
+
+    theta = np.linspace(0, np.pi, 33, endpoint=False).astype(np.float32)
+    proj = make_lineint(theta, 2, 37, 17.3)
+    with caplog.at_level("INFO", logger="tomodl"):
+        rec = tomodl.recon(proj, theta, center=17.3, algorithm="gridrec", init_recon=None,
+                           ncore=1, nchunk=None, filter_name="shepp")
+    np.testing.assert_array_equal(rec, tomodl.recon(proj, theta, 17.3, algorithm="fbp"))
+    assert any("tomodl's FBP" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(algorithm="sirt"), "TomoPy's iterative methods.*'fbp', 'fbp\\+resattunet'.*tomopy"),
+    (dict(algorithm="art"), "TomoPy's iterative methods"),
+    (dict(algorithm="gridrec", init_recon=np.zeros((2, 37, 37), np.float32)),
+     "init_recon .*drop init_recon"),
+])
+def test_what_tomodl_cannot_do_is_refused_naming_the_options(kwargs, match):
+    import tomodl
+    from tomodl.errors import TomodlError
+
+    theta = np.linspace(0, np.pi, 33, endpoint=False)
+    with pytest.raises(TomodlError, match=match):
+        tomodl.recon(np.zeros((33, 2, 37), np.float32), theta, **kwargs)

@@ -127,14 +127,32 @@ def test_config_roundtrip_and_overrides(tmp_path):
     (["--set", "epochs=1.5"], "'epochs'"),
     (["--precision", "fp16"], "Unknown precision 'fp16'"),
     (["--data", "missing.h5"], "data file 'missing.h5' does not exist"),
+    # model_args get the bounds of a weights folder (tomodl.models.checks), before allocating
+    (["--set", "model_args.depth=100"], "model_args.depth = 100 is not an integer in [2, 8]"),
+    (["--set", "model_args.base_filters=1e9"], "model_args.base_filters = 1000000000.0 is not"),
+    (["--set", "model_args.width=8"], "model_args has unknown keys ['width']"),
+    (["--set", "model_args.base_filters=200"], "parameters (at most 100,000,000)"),
+    (["--set", "model_args.residual=3"], "model_args.residual = 3 is not true or false"),
+    (["--arch", "vgg"], "config key 'arch': Unknown model 'vgg'"),
 ])
 def test_bad_config_fails_with_one_line(pairs, tmp_path, args, message):
     if "--data" not in args:
         args = args + ["--data", pairs]
-    res = CliRunner().invoke(train_cmd, args + ["--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(train_cmd, args + ["--out-path", str(tmp_path / "o")])
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_checks_model_args_like_weights():
+    with pytest.raises(ConfigError, match=r"model_args\.depth = 100 .*--set model_args"):
+        from_mapping({"model_args": {"depth": 100}})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        from_mapping({"arch": "unet", "model_args": {"residual": True, "bogus": 1}})
+    cfg = from_mapping({"arch": "unet", "model_args": {"base_filters": 256, "depth": 2}})
+    with pytest.raises(ConfigError, match="base_filters"):
+        cfg.replace(model_args={"base_filters": 257, "depth": 2})
 
 
 def test_shipped_configs_are_valid():

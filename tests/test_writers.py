@@ -214,3 +214,111 @@ def test_write_png(tmp_path):
         write_png(path, img)
     write_png(path, img, vmin=0, vmax=2, overwrite=True)
     assert np.asarray(Image.open(path))[4, 6] < 80
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (the test then drops the lock by hand)."""
+
+
+def die(w):
+    """What the kernel does to a killed writer: its lock is dropped, its files stay."""
+    w._lock._fh.close()
+
+
+@pytest.mark.parametrize("fmt", sorted(SAVE_FORMATS))
+def test_kill_after_the_final_rename_leaves_a_self_evident_complete_output(tmp_path, vol, fmt,
+                                                                           monkeypatch):
+    from tomodl.io import volume_writer
+
+    out = tmp_path / OUT_NAME[fmt]
+    real = volume_writer.remove_path
+
+    def die_at_the_clean_up(path):           # the final rename has happened
+        if Path(path).name.endswith(".progress.json") and out.exists():
+            raise Killed
+        real(path)
+
+    monkeypatch.setattr(volume_writer, "remove_path", die_at_the_clean_up)
+    w = open_writer(fmt, out, SHAPE, provenance=PROV)
+    w.write(0, vol)
+    with pytest.raises(Killed):
+        w.finalize()
+    die(w)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, out.name + ".lock", out.name + ".progress.json"])
+    # the next run (same settings, resume) sees a finished output and clears the stale files
+    with pytest.raises(OutputError) as err:
+        open_writer(fmt, out, SHAPE, provenance=PROV, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert "already exists (a tomodl reconstructed volume)" in str(err.value)
+    np.testing.assert_array_equal(read_back(fmt, out), vol)
+
+
+def test_kill_while_a_folder_output_is_replaced_resumes_and_cleans_up(tmp_path, vol,
+                                                                     monkeypatch):
+    out = write_volume(tmp_path / "rec_tiff", vol, "tiff", provenance=PROV)
+    w = open_writer("tiff", out, SHAPE, provenance=PROV, overwrite=True)
+    w.write(0, vol[::-1])
+    real = os.replace
+
+    def dies_before_the_new_output_is_in_place(src, dst):
+        if Path(dst) == out:         # the old output is aside, the new one not yet in place
+            raise Killed
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_before_the_new_output_is_in_place)
+    with pytest.raises(Killed):
+        w.finalize()
+    die(w)
+    monkeypatch.undo()
+    assert not out.exists() and list(tmp_path.glob(".rec_tiff.old*"))     # the old one, aside
+    w = open_writer("tiff", out, SHAPE, provenance=PROV, overwrite=True, resume=True)
+    assert w.complete                            # resumed: every slice was already written
+    w.finalize()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec_tiff"]
+    np.testing.assert_array_equal(read_back("tiff", out), vol[::-1])
+
+
+def test_every_temporary_then_rename_write_fsyncs_and_cleans_up(tmp_path, monkeypatch):
+    """Issue 11: the six copies of temp-file-then-rename had different guarantees; all now go
+    through tomodl.io.atomic: fsynced before the rename, temporary removed on failure, the
+    previous file intact, one OutputError line."""
+    import torch
+
+    from conftest import save_tiny_unet
+    from tomodl.training.checkpoint import save_checkpoint
+    from tomodl.training.figures import plot_loss, write_history
+
+    row = {"epoch": 1, "train_loss": 1.0, "val_loss": 2.0, "lr": 1e-3, "seconds": 1.0,
+           "throughput": 5.0}
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    parts = (net, opt, torch.optim.lr_scheduler.StepLR(opt, 1),
+             torch.amp.GradScaler("cpu", enabled=False))
+    writers = {
+        "h": lambda: write_history(tmp_path / "h" / "metrics.csv", [row]),
+        "f": lambda: plot_loss([row], tmp_path / "f" / "loss.png"),
+        "c": lambda: save_checkpoint(tmp_path / "c", 1, *parts, {}, keep=2),
+        "w": lambda: save_tiny_unet(tmp_path / "w", overwrite=True),
+        "t": lambda: write_volume(tmp_path / "t" / "rec", np.ones((1, 3, 3)), "tiff",
+                                  provenance=PROV, overwrite=True),
+        "p": lambda: write_png(tmp_path / "p" / "a.png", np.eye(3), overwrite=True),
+    }
+    for name, write in writers.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        write()                                               # a first, good output
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(OutputError, match="no space left on device") as err:
+            write()
+        monkeypatch.undo()
+        assert "\n" not in str(err.value), name
+        after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        assert after == before, name                # old files intact, no temporary left
+        assert not [p for p in folder.rglob("*") if ".tmp" in p.name], name

@@ -16,7 +16,15 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 from tomodl.io.dxchange import read_dx, scan_info, write_dx  # noqa: E402
 from tomodl.recon.api import recon, tomopy_algorithm  # noqa: E402
 from tomodl.recon.center import find_center, write_center  # noqa: E402
+from tomodl.recon.check import check  # noqa: E402
+from tomodl.recon.corrections import (Corrections, bin_projections,  # noqa: E402
+                                      remove_outlier)
 from tomodl.recon.preprocess import circ_mask, minus_log, normalize  # noqa: E402
+from tomodl.recon.phase import retrieve_phase  # noqa: E402
+from tomodl.recon.preview import write_preview  # noqa: E402
+from tomodl.recon.stitch import find_center_360, stitch_360  # noqa: E402
+from tomodl.recon.stripes import (remove_all_stripe, remove_stripe_fw,  # noqa: E402
+                                  remove_stripe_ti)
 
 
 def create_model(*args, **kwargs):
@@ -35,4 +43,6 @@ def list_models():
 
 __all__ = ["__version__", "recon", "tomopy_algorithm", "read_dx", "scan_info", "write_dx",
            "normalize", "minus_log", "circ_mask", "find_center", "write_center",
-           "create_model", "list_models"]
+           "create_model", "list_models", "Corrections", "remove_outlier", "bin_projections",
+           "remove_stripe_fw", "remove_stripe_ti", "remove_all_stripe",
+           "retrieve_phase", "stitch_360", "find_center_360", "write_preview", "check"]

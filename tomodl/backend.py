@@ -46,7 +46,10 @@ def resolve_device(device: Any = "auto") -> "torch.device":  # noqa: F821
                 f"Unknown device {device!r}; choose one of {list(DEVICES)} or 'cuda:N'")
         dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use device='cpu'")
+        from tomodl.errors import TomodlError
+
+        raise TomodlError(f"device={device!r} was requested but torch sees no CUDA GPU",
+                          fix="use device='cpu' (or 'auto')", cli_fix="use --device cpu (or auto)")
     return dev
 
 

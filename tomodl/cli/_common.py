@@ -3,8 +3,12 @@
 
 Every error a user can cause (a :class:`~tomodl.errors.TomodlError`, any ``ValueError`` or
 ``OSError`` from the library, and click's own usage errors) is printed as ONE line
-``Error: ...`` on stderr and the process exits with code 2.  ``tomodl -v`` additionally
-prints the traceback of library errors.
+``Error: ...`` on stderr and the process exits with code 2, with the command-line advice of a
+TomodlError (:func:`cli_text`).  ``tomodl -v`` additionally prints the traceback of library
+errors.
+
+Option names are the same in every sub-command (``--out-path``, ``--fbp-filter``,
+``--rotation-axis``); older spellings stay accepted as hidden aliases (:class:`AliasOption`).
 """
 from __future__ import annotations
 
@@ -74,6 +78,39 @@ class OneLineGroup(click.Group):
             raise _usage_line(err) from None
 
 
+class AliasOption(click.Option):
+    """An option whose first name is shown in ``--help``; later names are old spellings kept
+    so that scripts do not break (accepted, not shown)."""
+
+    def get_help_record(self, ctx: click.Context):
+        opts = self.opts
+        self.opts = opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+class HiddenArgument(click.Argument):
+    """A positional argument kept for old scripts, left out of the usage line."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list:
+        return []
+
+
+def cli_text(err: BaseException) -> str:
+    """What a command-line user reads for ``err``: a TomodlError's :meth:`cli_message`, with the
+    Python-only advice of the errors it wraps (its causes) swapped for theirs as well."""
+    text = err.cli_message() if isinstance(err, TomodlError) else str(err)
+    seen, cause = {id(err)}, err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, TomodlError) and cause.cli_fix is not None and cause.fix:
+            text = text.replace(cause.fix, cause.cli_fix)
+        cause = cause.__cause__ or cause.__context__
+    return text
+
+
 def verbosity() -> int:
     """The ``-v`` count of the current invocation (0 outside a click context)."""
     ctx = click.get_current_context(silent=True)
@@ -92,7 +129,7 @@ def handle_errors(func: Callable) -> Callable:
         except USER_ERRORS as err:
             if verbosity():
                 traceback.print_exc(file=sys.stderr)
-            raise CliError(err) from err
+            raise CliError(cli_text(err)) from err
 
     return wrapper
 

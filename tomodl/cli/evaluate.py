@@ -9,7 +9,9 @@ from typing import Optional, Tuple
 
 import click
 
-from tomodl.cli._common import CliError, OneLineCommand, handle_errors
+from tomodl.models.inference import DTYPES
+
+from tomodl.cli._common import AliasOption, CliError, OneLineCommand, handle_errors
 
 
 def _models(items: Tuple[str, ...]) -> dict:
@@ -27,10 +29,10 @@ def _models(items: Tuple[str, ...]) -> dict:
 
 def _profile(out: Path, archs, size: int, batch: int, steps: int, args: Tuple[str, ...],
              device: str) -> Path:
-    from tomodl.training.config import parse_override
+    from tomodl.training.config import apply_overrides
     from tomodl.training.profile import ProfileSpec, profile, table2_markdown, write_table2
 
-    model_args = dict(parse_override(a) for a in args)
+    model_args = apply_overrides({}, args)
     specs = [ProfileSpec(a, p, size=size, batch=batch, steps=steps, model_args=model_args,
                          device=device) for a in archs for p in ("fp32", "amp")]
     results = profile(specs)
@@ -43,8 +45,9 @@ def _profile(out: Path, archs, size: int, batch: int, steps: int, args: Tuple[st
 @click.option("--model", "models", multiple=True, metavar="NAME=WEIGHTS",
               help="A trained weights folder and its name in the table (repeatable), e.g. "
                    "--model ResAttUnet=runs/resattunet/best --model UNet=runs/unet/best.")
-@click.option("--out", type=click.Path(file_okay=False), default="evaluation",
-              show_default=True, help="Folder for table1.md/.csv, fig6.png, table2.md/.csv.")
+@click.option("--out-path", "--out", "out", cls=AliasOption, type=click.Path(file_okay=False),
+              default="evaluation", show_default=True,
+              help="Folder for table1.md/.csv, fig6.png, table2.md/.csv.")
 @click.option("--split", "splits", multiple=True, metavar="train|val|test",
               help="Sets to score (default: all present in the file).")
 @click.option("--mask/--no-mask", default=False, show_default=True,
@@ -53,8 +56,8 @@ def _profile(out: Path, archs, size: int, batch: int, steps: int, args: Tuple[st
               help="Score the first N slices of each set (0: all).")
 @click.option("--slice", "example_slice", type=click.IntRange(min=0), default=None,
               help="Slice of each set shown in fig6.png (default: the middle one).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--dtype", default="float32", show_default=True,
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="Inference compute dtype: float32, bfloat16, float16 or auto.")
 @click.option("--profile-precision", is_flag=True,
               help="Also measure Table 2: peak memory and time of fp32 vs amp training steps "

@@ -8,6 +8,7 @@ Option names follow Tomocupy (``--rotation-axis``, ``--reconstruction-type try|f
 from __future__ import annotations
 
 import importlib.util
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from tomodl.cli._common import OneLineCommand, handle_errors, setup_logging
+from tomodl.cli._corrections import corrections_from, corrections_options
 from tomodl.io.writers import SAVE_FORMATS
 from tomodl.models.inference import DTYPES
 from tomodl.recon.api import ALGORITHMS
@@ -34,14 +36,16 @@ class AxisType(click.ParamType):
     name = "FLOAT|auto"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
         if str(value).strip().lower() == "auto":
             return "auto"
         try:
-            return float(value)
+            axis = float(value)
         except ValueError:
             self.fail(f"{value!r} is neither a number of pixels nor 'auto'", param, ctx)
+        if not math.isfinite(axis):
+            self.fail(f"{value!r} is not a finite number of pixels; give the axis or 'auto'",
+                      param, ctx)
+        return axis
 
 
 class MemoryType(click.ParamType):
@@ -95,7 +99,8 @@ def _raise_verbosity(verbose: int) -> None:
 @click.option("--out-path", type=click.Path(path_type=Path), default=None,
               help="Output (default next to SCAN: <stem>_rec/ for TIFF, <stem>_rec.h5, "
                    "<stem>_rec.zarr, <stem>_try/ in try mode).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output that tomodl wrote (never anything else).")
 @click.option("--resume/--no-resume", default=None,
               help="Continue an interrupted run (refusing other settings) / always start "
                    "again.  Default: continue it when the settings are the same.")
@@ -120,25 +125,44 @@ def _raise_verbosity(verbose: int) -> None:
               help="Network compute dtype (fbp+<model>; default auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Slices per network batch (fbp+<model>; default from free memory).")
+@click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N",
+              help="Refine the network's output against the measured projections with N "
+                   "iterations (fbp+<model>; 0 = off; see docs/refine.md).")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--ncore", type=click.IntRange(min=1), default=None, help="CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr (slices/s and time left).")
+@click.option("--preview/--no-preview", default=None,
+              help="Write <out>_preview.png with the three orthogonal middle slices "
+                   "[default: on for full runs when cheap].")
+@click.option("--check/--no-check", default=None,
+              help="Check FBP and the network against set-aside measured angles (every 4th) "
+                   "on a few rows: scores in the log and the provenance, maps in "
+                   "<out>_check/; the default algorithm keeps the FBP where the network is "
+                   "less consistent (see docs/usage.md) [default: on with a network for "
+                   "volumes of at least 8 rows per checked row].")
+@click.option("--check-rows", default="8", show_default=True, metavar="N|ROWS",
+              help="Rows checked: a count spread evenly over the volume, or detector rows "
+                   "(e.g. 100,250).")
 @click.option("-v", "--verbose", count=True,
               help="Log the chunk plan and, at the end, the busy seconds of each stage "
                    "(same as 'tomodl -v recon').")
+@corrections_options
 @handle_errors
 def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_search_width,
           center_search_step, start_row, end_row, nsino_per_chunk, max_memory, fbp_filter,
           save_format, out_path, overwrite, resume, workers, scheduler, algorithm, model, sparse,
-          dtype, batch_size, device, ncore, progress, verbose):
+          dtype, batch_size, refine, device, ncore, progress, preview, check, check_rows, verbose,
+          **corrections):
     """Reconstruct SCAN (DXchange or NeXus NXtomo HDF5), chunk by chunk.
 
     Reads only the rows of each chunk, normalizes with the flats and darks, takes -log,
     reconstructs by FBP (optionally followed by a denoising network) and writes the slices
     atomically: nothing appears under the final name until the volume is complete.
     """
+    from tomodl.recon.check import parse_rows
     from tomodl.recon.pipeline import ReconConfig, reconstruct_file
 
     if verbose:
@@ -150,12 +174,16 @@ def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_
         end_row=end_row, nsino_per_chunk=nsino_per_chunk, max_memory=max_memory,
         save_format=save_format, out_path=out_path, overwrite=overwrite,
         resume="auto" if resume is None else resume, workers=workers, scheduler=scheduler,
-        model=model, sparse=sparse, batch_size=batch_size, dtype=dtype, device=device, ncore=ncore,
-        progress=progress,
+        model=model, sparse=sparse, batch_size=batch_size, dtype=dtype, refine=refine,
+        device=device, ncore=ncore,
+        progress=progress, corrections=corrections_from(corrections), preview=preview,
+        check=check, check_rows=parse_rows(check_rows),
     )
     command = shlex.join(["tomodl"] + sys.argv[1:])
     res = reconstruct_file(scan, cfg, command=command)
     axis = "found" if rotation_axis == "auto" else "given"
+    if cfg.corrections.binning:                   # res.center is on the binned detector
+        axis += f", in pixels binned {cfg.corrections.factor}x"
     if reconstruction_type == "try":
         click.echo(f"Rotation axis ({axis}) {res.center:.2f} px; wrote {res.n_slices} trial "
                    f"centres +-{center_search_width:g} px in {res.seconds:.1f} s to {res.path}")

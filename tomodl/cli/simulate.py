@@ -3,9 +3,12 @@
 
 Examples::
 
-    tomodl simulate foam foam0.h5 --size 256 --slices 64 --angles 1200 --seed 0
-    tomodl simulate foam tooth3.h5 --family cracked --seed 3 --rings 0.005 --blur 0.8
-    tomodl simulate pairs foam*.h5 tooth*.h5 --sparse 20 --out pairs.h5
+    tomodl simulate foam --out-path foam0.h5 --size 256 --slices 64 --angles 1200 --seed 0
+    tomodl simulate foam --out-path tooth3.h5 --family cracked --seed 3 --rings 0.005 --blur 0.8
+    tomodl simulate pairs foam*.h5 tooth*.h5 --sparse 20 --out-path pairs.h5
+
+Older spellings still work: the output as a positional argument (``simulate foam foam0.h5``),
+``--center``, ``--out`` and ``--filter``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from typing import Optional, Tuple
 
 import click
 
-from tomodl.cli._common import OneLineGroup, handle_errors
+from tomodl.cli._common import (AliasOption, CliError, HiddenArgument, OneLineGroup,
+                                handle_errors)
 
 #: phantom families (kept in sync with tomodl.sim.families.FAMILIES by a test; listed here so
 #: that `--help` does not import numpy-heavy modules)
@@ -26,20 +30,14 @@ def _progress(flag: Optional[bool]) -> bool:
     return sys.stderr.isatty() if flag is None else flag
 
 
-def _parse_sets(items: Tuple[str, ...]) -> dict:
-    """``("n_layers=3", "fill_range=[0.2, 1.5]")`` -> dict (values parsed as JSON if possible)."""
-    import json
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+def _output(positional: Optional[Path], out_path: Optional[Path]) -> Path:
+    """``--out-path``, or the old positional OUT (one of the two)."""
+    if positional is not None and out_path is not None and positional != out_path:
+        raise CliError(f"two outputs given ({str(positional)!r} and --out-path "
+                       f"{str(out_path)!r}); give --out-path only")
+    if positional is None and out_path is None:
+        raise CliError("give the output file: --out-path scan.h5")
+    return out_path if out_path is not None else positional
 
 
 @click.group(cls=OneLineGroup)
@@ -48,7 +46,10 @@ def simulate() -> None:
 
 
 @simulate.command()
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", required=False, cls=HiddenArgument,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out-path", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Scan file to write (DXchange HDF5).")
 @click.option("--family", type=click.Choice(FAMILY_NAMES), default="foam", show_default=True,
               help="Phantom recipe (see docs/simulation.md).")
 @click.option("--size", type=click.IntRange(min=8), default=256, show_default=True,
@@ -59,7 +60,7 @@ def simulate() -> None:
               help="Projections over --arc degrees.")
 @click.option("--arc", type=click.FloatRange(0, 360, min_open=True), default=180.0,
               show_default=True, help="Angular range in degrees.")
-@click.option("--center", type=float, default=None,
+@click.option("--rotation-axis", "--center", "center", cls=AliasOption, type=float, default=None,
               help="Rotation axis in detector pixels [default: size/2, as TomoPy].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed (same seed, same file).")
 @click.option("--spheres", type=click.IntRange(min=0), default=None,
@@ -81,25 +82,28 @@ def simulate() -> None:
               help="Per-pixel gain error not removed by flats (relative std): ring artifacts.")
 @click.option("--zingers", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Fraction of projection pixels hit by zingers.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out-path if tomodl wrote it.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: when stderr is a terminal).")
 @handle_errors
-def foam(out: Path, family: str, size: int, slices: int, angles: int, arc: float,
-         center: Optional[float], seed: int, sets: Tuple[str, ...], flux: float, noise: bool,
-         blur: float, rings: float, zingers: float, overwrite: bool, progress: Optional[bool],
-         **phantom_flags) -> None:
-    """Simulate a scan of a random phantom into OUT (DXchange HDF5 + ground truth).
+def foam(out: Optional[Path], out_path: Optional[Path], family: str, size: int, slices: int,
+         angles: int, arc: float, center: Optional[float], seed: int, sets: Tuple[str, ...],
+         flux: float, noise: bool, blur: float, rings: float, zingers: float, overwrite: bool,
+         progress: Optional[bool], **phantom_flags) -> None:
+    """Simulate a scan of a random phantom into --out-path (DXchange HDF5 + ground truth).
 
-    OUT is read by `tomodl recon` like a measured scan; its /tomodl_sim group holds the
+    The file is read by `tomodl recon` like a measured scan; its /tomodl_sim group holds the
     ground-truth slices (attenuation per pixel) and the metadata.
     """
     from tomodl.sim.config import Acquisition, ScanGeometry
     from tomodl.sim.scan import simulate_scan
+    from tomodl.training.config import apply_overrides
+
+    out = _output(out, out_path)
 
     names = {"spheres": "n_spheres", "porosity": "porosity", "size_dist": "size_dist",
              "fill_fraction": "fill_fraction"}
-    params = _parse_sets(sets)
+    params = apply_overrides({}, sets)
     params.update({names[k]: v for k, v in phantom_flags.items() if v is not None})
     geometry = ScanGeometry(n_det=size, n_rows=slices, n_angles=angles, arc_degrees=arc,
                             center=center)
@@ -113,19 +117,19 @@ def foam(out: Path, family: str, size: int, slices: int, angles: int, arc: float
 @simulate.command()
 @click.argument("scans", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Pairs file to write (HDF5).")
+@click.option("--out-path", "--out", "out", cls=AliasOption, required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Pairs file to write (HDF5).")
 @click.option("--sparse", default="20", show_default=True,
               help="Use every SPARSE-th angle for the input FBP (the paper: 20); several "
                    "factors like 4,10,20 are interleaved over the slices.")
-@click.option("--filter", "filter_name", default="shepp", show_default=True,
-              help="FBP filter, as for `tomodl recon`.")
+@click.option("--fbp-filter", "--filter", "filter_name", cls=AliasOption, default="shepp",
+              show_default=True, help="FBP filter, as for `tomodl recon`.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the train/val/test split (by phantom).")
 @click.option("--fractions", default="0.8,0.1,0.1", show_default=True,
               help="Train,val,test fractions of the phantoms.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace --out-path if tomodl wrote it.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 @handle_errors

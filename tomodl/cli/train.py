@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import click
 
-from tomodl.cli._common import OneLineCommand, handle_errors
+from tomodl.cli._common import AliasOption, OneLineCommand, handle_errors
 
 #: command-line flags that set the config field of the same name (they win over --set)
 FLAG_FIELDS = ("data", "out", "arch", "epochs", "batch_size", "crop_size", "lr", "precision",
@@ -27,7 +27,8 @@ FLAG_FIELDS = ("data", "out", "arch", "epochs", "batch_size", "crop_size", "lr",
                    "--set model_args.base_filters=16.")
 @click.option("--data", multiple=True, metavar="PAIRS.h5",
               help="Pairs file(s) from `tomodl simulate pairs` (repeatable).")
-@click.option("--out", metavar="DIR", help="Output directory.")
+@click.option("--out-path", "--out", "out", cls=AliasOption, metavar="DIR",
+              help="Output directory (the config field 'out').")
 @click.option("--arch", help="Network: resattunet or unet.")
 @click.option("--epochs", type=int, help="Number of epochs (the paper: 65).")
 @click.option("--batch-size", type=int, help="Crops per step and per process.")
@@ -36,9 +37,9 @@ FLAG_FIELDS = ("data", "out", "arch", "epochs", "batch_size", "crop_size", "lr",
 @click.option("--precision", metavar="fp32|amp",
               help="amp: float16 autocast + GradScaler on CUDA, bfloat16 autocast on CPU.")
 @click.option("--seed", type=int, help="Seed of the initialization, data order and augmentation.")
-@click.option("--device", help="auto, cpu, cuda (under torchrun: the local GPU).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local GPU).")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its newest checkpoint (exactly).")
+              help="Continue the run in --out-path from its newest checkpoint (exactly).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
 @handle_errors
@@ -49,7 +50,7 @@ def train(config: Optional[str], overrides: Tuple[str, ...], resume: bool,
     CONFIG is a TOML file (configs/paper.toml, configs/cpu.toml); without it the defaults
     apply and --data is required.  Writes config.toml, metrics.csv, loss.png, checkpoints/
     and best/ (a weights folder for `tomodl recon --algorithm fbp+ARCH --model`)
-    into --out.
+    into --out-path.
     """
     from tomodl.training.config import from_mapping, load_config
     from tomodl.training.distributed import dist_info

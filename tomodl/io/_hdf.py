@@ -14,7 +14,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import h5py
 import numpy as np
 
-from tomodl.errors import ScanFileError, SelectionError
+from tomodl.errors import ScanFileError, SelectionError, TomodlError
 from tomodl.io.atomic import one_line
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,13 @@ THETA_UNITS = {
 }
 #: Angles whose max |theta| exceeds ``2*pi + THETA_TOLERANCE`` without units are read as degrees.
 THETA_TOLERANCE = 1e-3
+#: Angles whose max |theta| exceeds this in radians (two turns) are degrees mislabelled.
+MAX_RADIANS = 4 * np.pi
 #: What to do with NaN/Inf pixels in float data: raise ScanFileError, or log a warning.
 NONFINITE_POLICIES = ("raise", "warn")
+#: What h5py raises on damaged files (bad heaps, object headers, B-trees, filters, a datatype
+#: numpy cannot represent).
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,11 @@ class Layout:
     dtype: str
 
 
-def scan_error(path: Any, what: str, fix: str) -> ScanFileError:
-    """One-line :class:`ScanFileError` naming the file, the problem and the fix."""
-    return ScanFileError(one_line(f"Scan file {str(path)!r}: {what}; {fix}"))
+def scan_error(path: Any, what: str, fix: str, cli_fix: Optional[str] = None) -> ScanFileError:
+    """One-line :class:`ScanFileError` naming the file, the problem and the fix (``cli_fix``:
+    the advice for a command-line user where ``fix`` names a Python argument)."""
+    return ScanFileError(one_line(f"Scan file {str(path)!r}: {what}"), fix=one_line(fix),
+                         cli_fix=None if cli_fix is None else one_line(cli_fix))
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -84,21 +91,37 @@ def open_readonly(path: Any) -> Iterator[h5py.File]:
                          "pass a DXchange or NeXus .h5 file")
     try:
         f = _open_h5(path)
-    except OSError as err:
+    except HDF5_ERRORS as err:
         raise scan_error(path, f"cannot be opened, it is truncated or corrupt (HDF5: {err})",
                          "copy the file again from its source") from err
-    with f:
+    with f, reading(path, None):
         yield f
 
 
 @contextlib.contextmanager
-def reading(path: Any, dataset: str) -> Iterator[None]:
-    """Turn HDF5 read failures of ``dataset`` (truncated chunks, bad filters) into ScanFileError."""
+def reading(path: Any, dataset: Optional[str]) -> Iterator[None]:
+    """The one place where h5py failures (truncated chunks, bad filters, a damaged heap or object
+    header) become a :class:`ScanFileError` naming the file and ``dataset`` (None: the file's
+    metadata, the fallback of :func:`open_readonly` for anything read outside a narrower
+    ``reading``)."""
     try:
         yield
-    except OSError as err:
-        raise scan_error(path, f"cannot read dataset {dataset} (HDF5: {err}); the file is "
+    except TomodlError:
+        raise                     # already names the file and the fix
+    except HDF5_ERRORS as err:
+        what = "its metadata" if dataset is None else f"dataset {dataset}"
+        raise scan_error(path, f"cannot read {what} (HDF5: {_h5_message(err)}); the file is "
                          "truncated or corrupt", "copy the file again from its source") from err
+
+
+def _h5_message(err: BaseException) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def read_attr(obj: Any, key: str, path: Any) -> Optional[str]:
+    """Attribute ``key`` of an HDF5 object as ``str`` (:func:`decode_attr`), or None."""
+    with reading(path, f"{obj.name} (attribute {key!r})"):
+        return decode_attr(obj.attrs.get(key))
 
 
 def get_dataset(f: h5py.File, name: str, path: Any) -> Optional[h5py.Dataset]:
@@ -197,7 +220,12 @@ def theta_to_radians(values: np.ndarray, units: Optional[str], path: Any, name: 
         if key not in THETA_UNITS:
             raise scan_error(path, f"{name} has units {units!r}",
                              f"set its 'units' attribute to one of {sorted(THETA_UNITS)}")
-        return (values * THETA_UNITS[key]).astype(np.float32)
+        rad = values * THETA_UNITS[key]
+        if rad.size and np.max(np.abs(rad)) > MAX_RADIANS:
+            raise scan_error(path, f"{name} has units {units!r} but max |theta| = "
+                             f"{np.max(np.abs(values)):.4g}, more than two turns: the values "
+                             "look like degrees", "set its 'units' attribute to 'deg'")
+        return rad.astype(np.float32)
     big = values.size and np.max(np.abs(values)) > 2 * np.pi + THETA_TOLERANCE
     logger.warning("%s: %s has no 'units' attribute; reading it as %s (max |theta| = %.4g); set "
                    "units='deg' or 'rad' to silence this", path, name,
@@ -247,5 +275,7 @@ def check_finite(arr: np.ndarray, policy: str, path: Any, name: str) -> None:
         return
     what = f"{name} contains {bad} NaN/Inf values out of {arr.size}"
     if policy == "raise":
-        raise scan_error(path, what, "repair the data, or pass nonfinite='warn' to read it anyway")
+        raise scan_error(path, what, "repair the data, or pass nonfinite='warn' to read it anyway",
+                         cli_fix="repair the data: one NaN spreads over a whole slice after "
+                                 "filtering")
     logger.warning("%s: %s", path, what)

@@ -23,10 +23,11 @@ import h5py
 import numpy as np
 
 from tomodl.io._hdf import (NONFINITE_POLICIES, Frames, Layout, check_dark_flat, check_finite,
-                            check_stack, decode_attr, default_theta, get_dataset, open_readonly,
-                            parse_range, read_frames, reading, scan_error, theta_to_radians)
+                            check_stack, default_theta, get_dataset, open_readonly, parse_range,
+                            read_attr, read_frames, reading, scan_error, theta_to_radians)
 from tomodl.io.atomic import atomic_file, jsonable
 from tomodl.io.nexus import find_data, nexus_layout
+from tomodl.io.ownership import MARK_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,15 @@ def _dx_theta(f: h5py.File, n: int, path: Any) -> np.ndarray:
     if values.size != n:
         raise scan_error(path, f"{DX_THETA} has {values.size} angles but {DX_DATA} has {n} "
                          "projections", "write one angle per projection")
-    return theta_to_radians(values, decode_attr(dset.attrs.get("units")), path, DX_THETA)
+    return theta_to_radians(values, read_attr(dset, "units", path), path, DX_THETA)
 
 
 def dxchange_layout(f: h5py.File, path: Any) -> Layout:
     """Describe the DXchange scan in ``f`` (validates shapes and angles, reads no pixels)."""
     data = get_dataset(f, DX_DATA, path)
+    if data is None:      # listed but not readable: a damaged group (seen on corrupt files)
+        raise scan_error(path, f"cannot open {DX_DATA}; the file is truncated or corrupt",
+                         "copy the file again from its source")
     check_stack(data, path, "projections")
     n = int(data.shape[0])
     return Layout(name="dxchange", proj=Frames(DX_DATA, np.arange(n)),
@@ -169,7 +173,8 @@ def _read(f: h5py.File, frames: Optional[Frames], index: Optional[np.ndarray], r
           nonfinite: str, path: Any, what: str) -> Optional[np.ndarray]:
     if frames is None:
         return None
-    dset = f[frames.dataset]
+    with reading(path, frames.dataset):
+        dset = f[frames.dataset]
     arr = read_frames(dset, frames.index if index is None else index, rows, path)
     if dset.dtype.kind == "f":
         check_finite(arr, nonfinite, path, f"{what} {frames.dataset}")
@@ -295,6 +300,7 @@ def write_dx(path: Any, proj, flat, dark, theta, *, theta_units: str = "deg",
     proj, theta = _check_write_args(proj, flat, dark, theta, theta_units)
     factor, units = WRITE_THETA_UNITS[theta_units]
     with atomic_file(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs[MARK_ATTR] = "scan"             # what --overwrite may replace (io.ownership)
         f.create_dataset("implements", data="exchange")
         data = f.create_dataset(DX_DATA, data=proj,
                                 chunks=sinogram_chunks(proj.shape, proj.dtype.itemsize))

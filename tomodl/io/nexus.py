@@ -20,8 +20,8 @@ from typing import Any, Optional
 import h5py
 import numpy as np
 
-from tomodl.io._hdf import (Frames, Layout, check_stack, decode_attr, default_theta,
-                            get_dataset, reading, scan_error, theta_to_radians)
+from tomodl.io._hdf import (Frames, Layout, check_stack, default_theta, get_dataset,
+                            read_attr, reading, scan_error, theta_to_radians)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _entries(f: h5py.File) -> list:
     def rank(name: str) -> int:
         if name == "entry":
             return 0
-        return 1 if decode_attr(f[name].attrs.get("NX_class")) == "NXentry" else 2
+        return 1 if read_attr(f[name], "NX_class", f.filename) == "NXentry" else 2
 
     return sorted(names, key=rank)
 
@@ -90,7 +90,7 @@ def _theta(f: h5py.File, entry: str, key: np.ndarray, path: Any) -> np.ndarray:
         raise scan_error(path, f"{dset.name} has {values.size} angles but the file has "
                          f"{key.size} frames of which {n_proj} are projections",
                          "write one rotation angle per frame or per projection")
-    return theta_to_radians(values, decode_attr(dset.attrs.get("units")), path, dset.name)
+    return theta_to_radians(values, read_attr(dset, "units", path), path, dset.name)
 
 
 def nexus_layout(f: h5py.File, data_name: str, path: Any) -> Layout:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from tomodl.errors import OutputError
-from tomodl.io.atomic import (OutputLock, check_free_space, check_output_path, fsync_dir,
-                              jsonable, output_error, refuse_existing, remove_path,
-                              write_json_atomic)
+from tomodl.io.atomic import (PARTIAL, PROGRESS, RECON_KINDS, OutputLock, check_free_space,
+                              check_replace, jsonable, output_error, remove_path, replace_dir,
+                              sidecar, write_json_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +55,7 @@ def read_progress(out_path: Any) -> Optional[Dict[str, Any]]:
 
     None when there is no partial output, no record, or the record is unreadable.
     """
-    path = Path(out_path)
-    partial = path.with_name(path.name + ".partial")
-    progress = path.with_name(path.name + ".progress.json")
+    partial, progress = sidecar(out_path, PARTIAL), sidecar(out_path, PROGRESS)
     if not (partial.exists() and progress.exists()):
         return None
     try:
@@ -99,8 +96,8 @@ class VolumeWriter:
     def __init__(self, out_path: Any, shape: Tuple[int, int, int], *, provenance: Mapping,
                  overwrite: bool = False, resume: Any = False, inputs: Iterable[Any] = ()):
         self.path = Path(out_path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.progress_path = self.path.with_name(self.path.name + ".progress.json")
+        self.partial = sidecar(out_path, PARTIAL)
+        self.progress_path = sidecar(out_path, PROGRESS)
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise ValueError(f"shape must be 3 positive ints (n_slices, ny, nx), got {shape!r}")
@@ -111,8 +108,8 @@ class VolumeWriter:
         self._done: List[Range] = []
         self._state = "open"
         self._lock = None
-        check_output_path(self.path, list(inputs))
-        refuse_existing(self.path, self.overwrite)
+        self.inputs = list(inputs)
+        self._check_replace()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = OutputLock(self.path)
@@ -230,7 +227,7 @@ class VolumeWriter:
             raise OutputError(f"Cannot finalize {str(self.path)!r}: {self.n_done} of "
                               f"{self.shape[0]} slices written, missing {list(self.missing)}; "
                               "rerun with --resume to finish it")
-        refuse_existing(self.path, self.overwrite)
+        self._check_replace()
         try:
             self._write_provenance()
             self._sync()
@@ -274,16 +271,13 @@ class VolumeWriter:
             self._lock.release()
             self._lock = None
 
+    def _check_replace(self) -> None:
+        check_replace(self.path, overwrite=self.overwrite, kinds=RECON_KINDS,
+                      protected=self.inputs)
+
     # -- helpers for subclasses ---------------------------------------------------------------
     def _move_into_place(self) -> None:
-        aside = None
-        if os.path.lexists(self.path) and (self.is_dir or self.path.is_dir()):
-            aside = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, aside)
-        os.replace(self.partial, self.path)
-        fsync_dir(self.path.parent)
-        if aside is not None:
-            remove_path(aside)
+        replace_dir(self.partial, self.path)
 
     def _prov_json(self) -> str:
         return json.dumps(self.provenance, sort_keys=True)

@@ -26,11 +26,12 @@ from typing import Any, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
-from tomodl.io.atomic import fsync_dir, write_json_atomic
+from tomodl.io.atomic import atomic_file, fsync_dir, temp_then_rename, write_json_atomic
+from tomodl.io.ownership import MARK_ATTR
 from tomodl.io.volume_writer import (RESUME_IGNORED_KEYS, VolumeWriter, read_progress,
                                      resume_conflicts)
 
-__all__ = ["SAVE_FORMATS", "open_writer", "write_volume", "read_volume", "write_png",
+__all__ = ["SAVE_FORMATS", "open_writer", "write_volume", "read_volume", "write_png", "write_tiff",
            "VolumeWriter",
            "H5Writer", "TiffWriter", "ZarrWriter", "read_progress", "resume_conflicts",
            "RESUME_IGNORED_KEYS"]
@@ -79,6 +80,7 @@ class H5Writer(VolumeWriter):
 
     def _write_provenance(self) -> None:
         attrs = self._file.attrs
+        attrs[MARK_ATTR] = "volume"
         attrs["command"] = str(self.provenance.get("command", ""))
         attrs["axes"] = "z:y:x"
         attrs["provenance"] = self._prov_json()
@@ -112,13 +114,8 @@ class TiffWriter(VolumeWriter):
         import tifffile
 
         for i, img in enumerate(block, start):
-            final = self.partial / self._name(i)
-            tmp = self.partial / f".{final.name}.tmp"
-            with open(tmp, "wb") as fh:
-                tifffile.imwrite(fh, img, description=self._prov_json(), metadata=None)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            with temp_then_rename(self.partial / self._name(i)) as tmp:
+                tifffile.imwrite(tmp, img, description=self._prov_json(), metadata=None)
 
     def _sync(self) -> None:
         fsync_dir(self.partial)
@@ -187,16 +184,19 @@ def open_writer(fmt: str, out_path: Any, shape: Tuple[int, int, int], *, provena
         JSON-able record (command line, algorithm, model and weights sha256, centre, filter,
         sparse factor, input file with size and mtime...) stored in the output.
     overwrite : bool
-        Replace an existing final output (at :meth:`~VolumeWriter.finalize`); without it an
-        existing output raises :class:`~tomodl.errors.OutputError` now, before any work.
+        Replace an existing final output (at :meth:`~VolumeWriter.finalize`) -- only one that
+        tomodl wrote, a volume or a try-mode folder (:func:`tomodl.io.atomic.check_replace`);
+        otherwise an existing output raises :class:`~tomodl.errors.OutputError` now, before
+        any work.
     resume : bool or "auto"
         Continue a partial output left by an interrupted run with the same format, shape and
         provenance (keys in :data:`RESUME_IGNORED_KEYS` may differ); ``writer.done`` lists the
         slices already written.  ``True`` refuses a partial output started with other
         settings; ``"auto"`` discards it (with a warning) and starts again.  Without it a
         partial output is discarded.
-    inputs : iterable of paths
-        Input files that the output must not replace (:func:`check_output_path`).
+    inputs : iterable of paths or (path, what)
+        Inputs (the scan, the weights in use) that the output must never be nor hold
+        (:func:`tomodl.io.atomic.check_replace`).
     """
     try:
         cls = SAVE_FORMATS[fmt]
@@ -257,11 +257,11 @@ def write_png(path: Any, image, *, vmin: Optional[float] = None, vmax: Optional[
     """Save a 2-D image as an 8-bit grayscale PNG preview (atomically).
 
     ``vmin``/``vmax`` default to the given percentiles of the finite pixels (robust to a few
-    hot pixels); NaN/Inf pixels are drawn black.
+    hot pixels); NaN/Inf pixels are drawn black.  The PNG's ``Software`` text marks it as
+    tomodl's, so ``overwrite`` may later replace it (and nothing else).
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
-    from tomodl.io.atomic import atomic_file
     from tomodl.metrics import to_uint8
 
     img = np.asarray(image, dtype=np.float64)
@@ -274,6 +274,23 @@ def write_png(path: Any, image, *, vmin: Optional[float] = None, vmax: Optional[
     if not hi > lo:
         hi = lo + 1.0
     pixels = to_uint8(np.where(np.isfinite(img), img, lo), lo, hi)
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", _software())
+    with atomic_file(path, overwrite=overwrite, kinds=("image",)) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def write_tiff(path: Any, image, *, overwrite: bool = False) -> Path:
+    """Save a 2-D image as a float32 TIFF (atomically), marked as tomodl's (Software tag)."""
+    import tifffile
+
+    with atomic_file(path, overwrite=overwrite, kinds=("image",)) as tmp:
+        tifffile.imwrite(tmp, np.asarray(image, dtype=np.float32), software=_software())
+    return Path(path)
+
+
+def _software() -> str:
+    from tomodl import __version__
+
+    return f"tomodl {__version__}"

@@ -338,6 +338,12 @@ def denoise(
     float32 array of the input's kind (numpy, torch on the input's device, or cupy), same shape
         Denoised slices in attenuation units.
 
+    Raises
+    ------
+    tomodl.errors.WeightsError
+        The network returned NaN or infinite values (checked for every batch): corrupt weights,
+        or an overflow in float16.
+
     Examples
     --------
     >>> import numpy as np, tomodl
@@ -363,7 +369,22 @@ def denoise(
         for s in range(0, x.shape[0], plan.batch):
             out[s : s + plan.batch] = _denoise_batch(x[s : s + plan.batch], run, denoiser.policy,
                                                      plan, dev)
+            _check_output(out[s : s + plan.batch], denoiser, cdtype)
     return restore(out)
+
+
+def _check_output(y: np.ndarray, denoiser: Denoiser, dtype) -> None:
+    """A network output holding NaN or Inf (corrupt weights, or float16 overflow) is an error."""
+    if np.isfinite(y).all():
+        return
+    low = str(dtype) != "torch.float32"
+    py, cli = (" or dtype='float32'", " or --dtype float32") if low else ("", "")
+    raise WeightsError(
+        f"{denoiser.source}: the {denoiser.arch} network returned NaN or infinite values "
+        f"(computed in {str(dtype).replace('torch.', '')})",
+        fix=f"use other weights{py}, or algorithm='fbp'",
+        cli_fix=f"use other weights{cli}, or --algorithm fbp",
+    )
 
 
 def _denoise_batch(xb: np.ndarray, run: Callable, policy: Policy, plan: Plan, device) -> np.ndarray:

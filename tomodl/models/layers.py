@@ -168,7 +168,8 @@ class EncoderDecoder(nn.Module):
         )
         self.up_blocks = nn.ModuleList([block(2 * c, c) for _, c in pairs])
         self.head = nn.Conv2d(widths[0], 1, 1)
-        self._init_weights()
+        if not self.head.weight.is_meta:    # meta tensors (shape checks) hold no values
+            self._init_weights()
 
     @property
     def size_multiple(self) -> int:

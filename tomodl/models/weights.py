@@ -13,23 +13,35 @@ were trained for), as :class:`WeightsConfig`::
 ``release`` is empty except for the folders shipped in ``tomodl/weights/``, where it says which
 scans they serve (:mod:`tomodl.models.releases`).
 
-Loading never unpickles anything: tensors are read with ``safetensors`` from bytes whose SHA-256
-has been checked against ``config.json`` first.  Every failure raises
-:class:`tomodl.errors.WeightsError` with one line naming the file and the fix.
+A weights folder is untrusted input.  Before any tensor or module is allocated, every field of
+``config.json`` is checked (size, JSON nesting, types, bounds, unknown keys) and the tensor
+names, shapes and dtypes in the safetensors header are compared with those ``model_args``
+imply (:mod:`tomodl.models.checks`).  Loading never unpickles anything: tensors are read with
+``safetensors`` from bytes whose SHA-256 has been checked against ``config.json``, and must be
+finite.  Every failure raises :class:`tomodl.errors.WeightsError` with one line naming the file,
+the field and the fix.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from tomodl.errors import OutputError, WeightsError
-from tomodl.models.registry import MODELS, list_models, model_class
+from tomodl.errors import WeightsError
+from tomodl.io.atomic import atomic_file, check_replace
+from tomodl.models.checks import (
+    check_config_dict,
+    check_finite,
+    check_header,
+    check_model_args,
+    expected_tensors,
+    not_safetensors,
+    read_json_file,
+)
+from tomodl.models.registry import model_class
 from tomodl.normalization import Policy
 
 logger = logging.getLogger(__name__)
@@ -69,22 +81,10 @@ class WeightsConfig:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: Path) -> "WeightsConfig":
-        """Validate a parsed ``config.json``; problems raise :class:`WeightsError` naming it."""
-        fields = set(cls.__dataclass_fields__)
-        unknown, missing = set(d) - fields, {"arch", "model_args"} - set(d)
-        if unknown or missing:
-            raise WeightsError(
-                f"{source}: unknown keys {sorted(unknown)} / missing keys {sorted(missing)}; "
-                "the file was not written by tomodl.models.weights.save_weights"
-            )
-        if int(d.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise WeightsError(f"{source}: written by a newer tomodl; upgrade tomodl to load it")
-        if d["arch"] not in MODELS:
-            raise WeightsError(f"{source}: unknown arch {d['arch']!r}; known: {list_models()}")
-        try:
-            Policy.from_dict(d.get("normalization", {}))
-        except (TypeError, ValueError) as err:
-            raise WeightsError(f"{source}: invalid normalization ({err})") from None
+        """Validate a parsed ``config.json`` field by field
+        (:func:`tomodl.models.checks.check_config_dict`); problems raise :class:`WeightsError`
+        naming the file, the field and the fix."""
+        check_config_dict(d, source, tuple(cls.__dataclass_fields__), FORMAT_VERSION)
         return cls(**d)
 
 
@@ -114,15 +114,7 @@ def _paths(source: Union[str, Path]) -> Tuple[Path, Path]:
 def read_config(source: Union[str, Path]) -> WeightsConfig:
     """Read and validate ``config.json`` of a weights folder without loading any tensor."""
     _, cfg_path = _paths(source)
-    try:
-        d = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise WeightsError(
-            f"{cfg_path}: not a valid JSON weights config ({err}); re-save the weights"
-        ) from None
-    if not isinstance(d, dict):
-        raise WeightsError(f"{cfg_path}: expected a JSON object; re-save the weights")
-    return WeightsConfig.from_dict(d, source=cfg_path)
+    return WeightsConfig.from_dict(read_json_file(cfg_path), source=cfg_path)
 
 
 def _sha256(data: bytes) -> str:
@@ -139,13 +131,6 @@ def _storage_tensors(model, dtype) -> Dict[str, "torch.Tensor"]:  # noqa: F821
     return out
 
 
-def _full_model_args(arch: str, model_args: Dict[str, Any]) -> Dict[str, Any]:
-    """``model_args`` completed with the constructor's defaults, so config.json is explicit."""
-    params = inspect.signature(model_class(arch)).parameters
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return {**defaults, **dict(model_args)}
-
-
 def _check_model_args(model, arch: str, model_args: dict) -> None:
     """``model_args`` must rebuild a network with exactly ``model``'s tensors."""
     cls = model_class(arch)
@@ -153,13 +138,10 @@ def _check_model_args(model, arch: str, model_args: dict) -> None:
         raise WeightsError(
             f"model is a {type(model).__name__}, not {arch!r}; save the bare network"
         )
-    try:
-        ref = cls(**model_args)
-    except (TypeError, ValueError) as err:
-        raise WeightsError(f"model_args {model_args} do not fit arch {arch!r} ({err})") from None
-    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (ref, model)]
-    flags = [(m.depth, m.residual) for m in (ref, model)]
-    if shapes[0] != shapes[1] or flags[0] != flags[1]:
+    ref = expected_tensors(arch, model_args, "model_args")
+    own = {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()}
+    flags = (model_args.get("depth"), model_args.get("residual"))
+    if ref != own or flags != (model.depth, model.residual):
         raise WeightsError(
             f"the model's tensors differ from {arch!r} built with {model_args}; pass the arch and "
             "model_args the model was constructed with"
@@ -204,7 +186,8 @@ def save_weights(
     release : dict, optional
         For shipped weights: the scans they serve (:mod:`tomodl.models.releases`).
     overwrite : bool
-        Replace existing files in ``directory``.
+        Replace the weights in ``directory``; only a weights folder that tomodl wrote is
+        replaced (:func:`tomodl.io.atomic.check_replace`), other files there are kept.
 
     Returns
     -------
@@ -216,9 +199,9 @@ def save_weights(
     import tomodl
 
     directory = Path(directory).expanduser()
-    if not overwrite and (directory / WEIGHTS_FILE).exists():
-        raise OutputError(f"{directory / WEIGHTS_FILE} exists; pass overwrite=True to replace it")
-    model_args = _full_model_args(arch, model_args)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):     # both checked before either is written
+        check_replace(directory / name, overwrite=overwrite, kinds=("weights",))
+    model_args = check_model_args(arch, dict(model_args), f"save_weights({arch!r})")
     _check_model_args(model, arch, model_args)
     stored = str(dtype or "torch.float32").replace("torch.", "")
     if stored not in STORAGE_DTYPES:
@@ -238,17 +221,18 @@ def save_weights(
         release=dict(release or {}),
     )
     WeightsConfig.from_dict(cfg.to_dict(), source=directory / CONFIG_FILE)
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / WEIGHTS_FILE, data)
-    _atomic_write(directory / CONFIG_FILE, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    _write(directory / WEIGHTS_FILE, data, overwrite)
+    _write(directory / CONFIG_FILE, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode(),
+           overwrite)
     logger.info("saved %s weights (%s) to %s", arch, stored, directory)
     return directory
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write ``data`` to ``path`` atomically; with ``overwrite`` only over tomodl's weights
+    (:func:`tomodl.io.atomic.atomic_file`)."""
+    with atomic_file(path, overwrite=overwrite, kinds=("weights",)) as tmp:
+        tmp.write_bytes(data)
 
 
 def load_weights(
@@ -272,29 +256,39 @@ def load_weights(
     Raises
     ------
     tomodl.errors.WeightsError
-        Missing folder or file, architecture mismatch, hash mismatch (modified or truncated
-        file), a file that is not safetensors, or missing/unexpected/misshapen tensors.
+        Missing folder or file; a ``config.json`` that is too large, too deeply nested, or has
+        a field of the wrong type, out of bounds or unknown; architecture mismatch; a
+        safetensors header whose tensors disagree with ``model_args`` (names, shapes, dtypes
+        other than the ``dtype`` of ``config.json``), a truncated file, a hash mismatch, a file
+        that is not safetensors, or tensors holding NaN or infinite values.  All but the last
+        two are found before any tensor or module is allocated.
     """
     import torch
 
-    st_path, _ = _paths(source)
+    st_path, cfg_path = _paths(source)
     cfg = read_config(st_path.parent)
     if expected_arch is not None and cfg.arch != expected_arch:
         raise WeightsError(
             f"{st_path.parent}: weights are for {cfg.arch!r}, not {expected_arch!r}; "
             f"use the {cfg.arch!r} model or other weights"
         )
-    data = st_path.read_bytes()
+    model_args = check_model_args(cfg.arch, cfg.model_args, cfg_path)
+    size = check_header(st_path, expected_tensors(cfg.arch, model_args, cfg_path), cfg.dtype,
+                        cfg_path)
+    data = _read_exactly(st_path, size)
     if _sha256(data) != cfg.sha256:
         raise WeightsError(
             f"{st_path}: SHA-256 does not match config.json (file truncated, modified or "
             "replaced); re-download or re-save the weights"
         )
     tensors = _parse_safetensors(data, st_path)
-    model = model_class(cfg.arch)(**cfg.model_args)
+    del data
     state = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in tensors.items()}
+    check_finite(state, st_path)
+    with torch.device("meta"):            # no random initialization: every tensor is loaded
+        model = model_class(cfg.arch)(**model_args)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         detail = "; ".join(line.strip() for line in str(err).strip().splitlines()[1:])
         raise WeightsError(
@@ -304,13 +298,19 @@ def load_weights(
     return model.eval(), cfg
 
 
+def _read_exactly(path: Path, size: int) -> bytes:
+    """The ``size`` bytes of ``path`` (its size when the header was checked), no more."""
+    with open(path, "rb") as fh:
+        data = fh.read(size + 1)
+    if len(data) != size:
+        raise WeightsError(f"{path}: the file changed while it was read; load it again")
+    return data
+
+
 def _parse_safetensors(data: bytes, path: Path) -> Dict[str, "torch.Tensor"]:  # noqa: F821
     from safetensors.torch import load
 
     try:
         return load(data)
     except Exception as err:  # safetensors raises its own error types for any malformed header
-        raise WeightsError(
-            f"{path}: not a valid safetensors file ({type(err).__name__}); tomodl never unpickles "
-            "weights: re-save them with tomodl.models.weights.save_weights"
-        ) from None
+        raise not_safetensors(path, type(err).__name__) from None

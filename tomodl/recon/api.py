@@ -23,7 +23,7 @@ import numpy as np
 
 from tomodl.backend import array_kind
 from tomodl.errors import TomodlError
-from tomodl.recon.geometry import default_center
+from tomodl.recon.geometry import check_angles, check_geometry, default_center
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,34 @@ ALGORITHMS: Dict[str, Algorithm] = {
     "fbp+resattunet": Algorithm("fbp", "resattunet"),
     "fbp+unet": Algorithm("fbp", "unet"),
 }
+#: TomoPy algorithm names that :func:`recon` accepts (drop-in scripts): name -> what runs.
+TOMOPY_ALIASES: Dict[str, str] = {"gridrec": "fbp"}
+#: TomoPy's other algorithms (iterative), which tomodl does not implement.
+TOMOPY_ONLY = ("art", "bart", "grad", "mlem", "osem", "ospml_hybrid", "ospml_quad",
+               "pml_hybrid", "pml_quad", "sirt", "tikh", "tv")
 #: Keywords of the ``+model`` step: where each goes.
 MODEL_KWARGS = ("model", "batch_size", "dtype", "sparse")
 
 
 def parse_algorithm(algorithm: str) -> Algorithm:
-    """Parse ``"fbp"`` / ``"fbp+<model>"`` (case-insensitive) into an :class:`Algorithm`."""
-    try:
-        return ALGORITHMS[str(algorithm).strip().lower()]
-    except KeyError:
-        raise ValueError(f"Unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)} "
-                         "or pass a callable (TomoPy's algorithm contract)") from None
+    """Parse ``"fbp"`` / ``"fbp+<model>"`` (case-insensitive) into an :class:`Algorithm`.
+
+    TomoPy's ``"gridrec"`` (:data:`TOMOPY_ALIASES`) is tomodl's FBP, logged at info level.
+    """
+    name = str(algorithm).strip().lower()
+    if name in TOMOPY_ALIASES:
+        logger.info("algorithm=%r: tomodl's FBP (TomoPy's conventions and filters, true "
+                    "attenuation per pixel), without a network", algorithm)
+        name = TOMOPY_ALIASES[name]
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    choices = f"choose one of {sorted(ALGORITHMS)} ({list(TOMOPY_ALIASES)} = 'fbp')"
+    if name in TOMOPY_ONLY:
+        raise TomodlError(f"algorithm {algorithm!r} is one of TomoPy's iterative methods, "
+                          "which tomodl does not implement",
+                          fix=f"{choices}, or run it with tomopy.recon")
+    raise TomodlError(f"Unknown algorithm {algorithm!r}",
+                      fix=f"{choices}, or pass a callable (TomoPy's algorithm contract)")
 
 
 # -- array contract ---------------------------------------------------------------------------
@@ -97,10 +114,12 @@ def as_sinograms(tomo, theta, sinogram_order: bool = False) -> Tuple[Any, np.nda
     if not np.all(np.isfinite(th)):
         raise ValueError("theta contains NaN or inf")
     if th.size and np.abs(th).max() > MAX_THETA:
-        raise ValueError(f"theta must be in radians, but max |theta| = {np.abs(th).max():.1f} "
-                         "looks like degrees; pass np.deg2rad(theta)")
+        raise TomodlError(f"theta must be in radians, but max |theta| = {np.abs(th).max():.1f} "
+                          "looks like degrees", fix="pass np.deg2rad(theta)",
+                          cli_fix="set the units attribute of the scan's angles to 'deg'")
     if min(sinos.shape) < 1:
         raise ValueError(f"tomo has an empty axis: shape {tuple(tomo.shape)}")
+    check_angles(th)
     return sinos, th
 
 
@@ -159,8 +178,8 @@ def _chunk_rows(nchunk: Optional[int], n_rows: int, n: int) -> int:
 
 
 # -- the +model step --------------------------------------------------------------------------
-def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, theta=None
-                    ) -> Optional[Callable[[Any], Any]]:
+def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, theta=None, *,
+                    device: str = "auto", n_grid: int = 512) -> Optional[Callable[[Any], Any]]:
     """Return ``step(slices) -> slices`` applying the denoiser of ``alg``, or None for plain FBP.
 
     ``model_kw`` holds ``model`` (None, a released name or a weights folder), ``batch_size``,
@@ -168,43 +187,35 @@ def load_model_step(alg: Algorithm, model_kw: Dict[str, Any], filter_name: str, 
     the shipped weights for that factor).  Without ``model``, the shipped weights are chosen by
     the projections per half turn of ``theta``, and are skipped (None, with a warning) where
     they were measured to make such data worse than the FBP
-    (:func:`tomodl.models.releases.fallback_reason`).
+    (:func:`tomodl.models.releases.fallback_reason`).  The same set-up as the command line
+    (:func:`tomodl.recon.denoising.prepare_model`: screening, warnings, memory sizing for
+    ``n_grid x n_grid`` slices on ``device``); the network gets the share of
+    :func:`tomodl.recon.budget.default_max_memory` that the command line gives it by default.
     """
     if alg.model is None:
         return None
-    try:
-        from tomodl.models.inference import denoise, load_denoiser
-        from tomodl.models.releases import angles_per_half_turn, screen
-    except ImportError as err:
-        raise TomodlError(f"algorithm 'fbp+{alg.model}' needs tomodl's deep-learning part "
-                          f"(torch): {err}; install torch or use algorithm='fbp'") from err
-    n180 = None if theta is None else angles_per_half_turn(theta)
-    sparse = model_kw.get("sparse")
-    den = load_denoiser(alg.model, model_kw.get("model"), n_angles=n180,
-                        sparse=None if model_kw.get("model") is not None else sparse)
-    if model_kw.get("model") is None and screen(den.config, n180) is not None:
+    from tomodl.recon.budget import default_max_memory
+    from tomodl.recon.denoising import prepare_model
+
+    n180 = None
+    if theta is not None:
+        from tomodl.models.releases import angles_per_half_turn
+
+        n180 = angles_per_half_turn(theta)
+    spec, den, _ = prepare_model(alg.model, model_kw.get("model"), dtype=model_kw.get("dtype"),
+                                 batch_size=model_kw.get("batch_size"), device=device,
+                                 filter_name=filter_name, n_grid=n_grid, n_angles=n180,
+                                 sparse=model_kw.get("sparse"))
+    if spec is None:
         return None
-    trained = getattr(den, "sparse_factor", None)
-    if sparse is not None and trained is not None and int(sparse) != int(trained):
-        logger.warning("the %s weights were trained for sparse factor %s, the data have %s: "
-                       "expect weaker streak removal", alg.model, trained, sparse)
-    den_filter = getattr(den, "filter_name", None)
-    if den_filter is not None and den_filter != filter_name:
-        logger.warning("the %s weights were trained on FBP with filter %r, not %r", alg.model,
-                       den_filter, filter_name)
-    opts = {k: model_kw[k] for k in ("batch_size", "dtype") if model_kw.get(k) is not None}
-
-    def step(slices, device="auto", ncore=None):
-        return denoise(slices, den, device=device, ncore=ncore, **opts)
-
-    return step
+    return spec.with_budget(default_max_memory() // 2).step(den)
 
 
 # -- public API -------------------------------------------------------------------------------
 def recon(tomo, theta, center=None, sinogram_order: bool = False,
           algorithm: Union[str, Callable] = "fbp+resattunet", filter_name: str = "shepp",
           num_gridx: Optional[int] = None, device: str = "auto", ncore: Optional[int] = None,
-          nchunk: Optional[int] = None, **kwargs) -> Any:
+          nchunk: Optional[int] = None, init_recon: None = None, **kwargs) -> Any:
     """Reconstruct a parallel-beam scan; a drop-in for ``tomopy.recon(..., algorithm="gridrec")``.
 
     Parameters
@@ -222,9 +233,10 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         ``"fbp+resattunet"`` (default: FBP, then the shipped ResAttUnet removes the sparse-view
         streaks; outside the range of projections per half turn it was validated for, e.g. on
         a dense scan, the FBP is returned unchanged with a warning, see
-        :mod:`tomodl.models.releases`), ``"fbp"`` (TomoPy's gridrec equivalent) or
-        ``"fbp+unet"`` (:data:`ALGORITHMS`), or a callable with TomoPy's contract
-        ``f(tomo, center, recon, theta, **kwargs)``.
+        :mod:`tomodl.models.releases`), ``"fbp"`` (TomoPy's gridrec equivalent; ``"gridrec"``
+        is accepted as its alias) or ``"fbp+unet"`` (:data:`ALGORITHMS`), or a callable with
+        TomoPy's contract ``f(tomo, center, recon, theta, **kwargs)``.  TomoPy's iterative
+        names (``"sirt"``, ``"art"``... :data:`TOMOPY_ONLY`) are refused.
     filter_name : str
         FBP filter (``tomodl.recon.filters.FILTERS``; TomoPy's definitions).
     num_gridx : int, optional
@@ -235,12 +247,17 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         CPU threads.
     nchunk : int, optional
         Rows reconstructed per FBP call (bounds memory; default: ~256 MB of output).
+    init_recon : None
+        Accepted for TomoPy scripts and ignored: it is the starting guess of TomoPy's
+        iterative algorithms, which FBP does not have (anything but None is refused).
     **kwargs
         ``filter_par``, ``num_gridy`` (must equal ``num_gridx``) and the other keyword options
         of :func:`tomodl.recon.fbp.fbp`; with ``"fbp+<model>"`` also ``model`` (None = the
         released weights, a released name or a weights folder), ``batch_size``, ``dtype``
         (``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"``) and ``sparse`` (the data are
-        1 in ``sparse`` angles of a full scan: the shipped weights trained for that factor).
+        1 in ``sparse`` angles of a full scan: the shipped weights trained for that factor),
+        and ``refine`` (``N`` iterations refining the network's output against the measured
+        projections, 0 = off; :mod:`tomodl.recon.refine`, ``docs/refine.md``).
 
     Returns
     -------
@@ -251,23 +268,54 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
     ------
     ValueError
         Bad shapes or angles, an unknown algorithm, filter or keyword.
+    GeometryError
+        Angles or centre that cannot give an image (fewer than 3 distinct directions, the
+        axis off the detector; :func:`tomodl.recon.geometry.check_geometry`, which also warns
+        about a limited angular range or an axis near the detector edge).
     """
+    if init_recon is not None:
+        raise TomodlError("init_recon is the starting guess of TomoPy's iterative algorithms; "
+                          "tomodl's FBP has none", fix="drop init_recon (None is accepted)")
     sinos, th = as_sinograms(tomo, theta, sinogram_order)
     n_rows, _, n_det = sinos.shape
     centers = row_centers(center, n_rows, n_det)
+    check_geometry(th, centers, n_det)
     n = _grid(num_gridx, kwargs.get("num_gridy"), n_det)
     rows = _chunk_rows(nchunk, n_rows, n)
     if callable(algorithm):
         return _recon_callable(algorithm, sinos, centers, th, n, rows, ncore,
                                dict(kwargs, filter_name=filter_name), device)
     alg = parse_algorithm(algorithm)
+    refiner = _refiner(alg, kwargs.pop("refine", 0), th)
     fbp_kw, model_kw = _split_kwargs(alg, kwargs)
-    step = load_model_step(alg, model_kw, filter_name, th)
+    step = load_model_step(alg, model_kw, filter_name, th, device=device, n_grid=n)
     return _recon_chunks(sinos, th, centers, n, rows, step,
-                         dict(fbp_kw, filter_name=filter_name, device=device, ncore=ncore))
+                         dict(fbp_kw, filter_name=filter_name, device=device, ncore=ncore),
+                         refiner)
 
 
-def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw):
+def _bound(step, fbp_kw):
+    """``step`` as ``f(images) -> images`` on the run's device (None stays None)."""
+    if step is None:
+        return None
+    return lambda rec: step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
+
+
+def _refiner(alg: Algorithm, refine, theta):
+    """The :class:`~tomodl.recon.refine.Refiner` of ``refine=N`` (None when 0)."""
+    from tomodl.recon.refine import Refiner, RefineSettings
+
+    settings = RefineSettings(iterations=refine)
+    if not settings.iterations:
+        return None
+    if alg.model is None:
+        raise TomodlError(f"refine={refine} refines a network's output against the data; it "
+                          "needs algorithm='fbp+<model>'", fix="drop refine or use "
+                          "algorithm='fbp+resattunet'")
+    return Refiner(settings, theta)
+
+
+def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw, refiner=None):
     from tomodl.recon.fbp import fbp
 
     kind = array_kind(sinos)
@@ -279,6 +327,9 @@ def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw):
         rec = fbp(sinos[r0:r1], theta, centers[r0:r1], num_gridx=n, **fbp_kw)
         if step is not None:
             rec = step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
+        if refiner is not None:
+            rec = refiner(rec, sinos[r0:r1], centers[r0:r1], device=fbp_kw["device"],
+                          ncore=fbp_kw["ncore"], denoise=_bound(step, fbp_kw))
         if out is not None:
             out[r0:r1] = np.asarray(rec)
         else:

@@ -18,9 +18,13 @@ output queue and writer     ``4 N^2`` per chunk
 On top come fixed amounts that do not grow with the chunk: the FBP workspace (each CPU thread
 filters and back-projects two rows at a time: padded sinograms, FFT buffers and an
 oversampled grid, :func:`fbp_workspace`) and, with a denoiser on the CPU, its weights and
-activations (:func:`denoiser_budget`, passed on as ``max_memory`` to
-:func:`tomodl.models.inference.denoise`).  ``scripts/bench_volume.py`` prints this estimate
-next to the measured peak RSS.
+activations (:func:`denoiser_memory`).  :func:`plan_memory` splits one budget once between the
+network (passed on as ``max_memory`` to :func:`tomodl.models.inference.denoise`) and the chunks:
+the network gets at least its minimum (one whole slice, or tiles whose core is at least
+:data:`MIN_TILE_MARGINS` receptive margins wide, so tiling never costs more than 4x the
+computation), and a budget below the minimum of the whole run is refused with the exact
+minimum, which then works.  ``scripts/bench_volume.py`` prints this estimate next to the
+measured peak RSS.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ FBP_BYTES_PER_SINO_PIXEL = 48
 FBP_BYTES_PER_GRID_PIXEL = 32
 #: Slices per denoiser batch that the budget is sized for on the CPU (more does not speed up).
 DENOISE_BATCH = 4
+#: Smallest tile core the network is given, in receptive margins (a tile of core ``c`` and
+#: margin ``m`` computes ``((c + 2 m) / c)^2`` times the pixels it keeps: at most 4x here).
+MIN_TILE_MARGINS = 2
 #: Units accepted by :func:`parse_memory` (powers of 1024; ``GB`` = ``GiB``).
 MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
                 "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40,
@@ -79,31 +86,55 @@ def fbp_workspace(n_angles: int, n_det: int, n_grid: int, threads: int) -> int:
     return int(2 * max(1, threads) * per_row)
 
 
-def denoiser_budget(module: Any, n_grid: int, dtype: Any, budget: int) -> int:
-    """``max_memory`` for the denoiser: a batch of :data:`DENOISE_BATCH` slices, at most half
-    the run's budget (larger slices are then tiled by the denoiser itself)."""
+@dataclass(frozen=True)
+class DenoiserMemory:
+    """Bytes the denoiser needs on the CPU (weights and activations included).
+
+    ``minimum``: one whole slice, or the smallest sane tile (:data:`MIN_TILE_MARGINS`) plus the
+    whole-slice buffers, whichever is less; ``wanted``: :data:`DENOISE_BATCH` whole slices.
+    """
+
+    minimum: int
+    wanted: int
+
+    def share(self, free: int) -> int:
+        """Bytes given to the network out of ``free``: ``wanted`` at most, never below
+        ``minimum``."""
+        return int(min(self.wanted, max(self.minimum, free)))
+
+
+def denoiser_memory(module: Any, n_grid: int, dtype: Any) -> DenoiserMemory:
+    """What :func:`tomodl.models.inference.plan_denoise` needs for ``N x N`` slices: with
+    ``max_memory=minimum`` it runs whole slices or tiles of a core of at least
+    :data:`MIN_TILE_MARGINS` receptive margins."""
     from tomodl.models.memory import IO_BYTES_PER_PIXEL, bytes_per_pixel, fixed_bytes
 
-    m = int(module.size_multiple)
-    padded = (m * math.ceil(n_grid / m)) ** 2
-    want = fixed_bytes(module) + DENOISE_BATCH * padded * (bytes_per_pixel(module, dtype)
-                                                           + IO_BYTES_PER_PIXEL)
-    return int(min(want, budget // 2))
+    m, margin = int(module.size_multiple), int(module.receptive_margin)
+    side = m * math.ceil(n_grid / m)
+    bpp = bytes_per_pixel(module, dtype)
+    whole = (bpp + IO_BYTES_PER_PIXEL) * side ** 2
+    core = m * math.ceil(MIN_TILE_MARGINS * margin / m)
+    tiled = IO_BYTES_PER_PIXEL * side ** 2 + bpp * (core + 2 * margin + 1) ** 2
+    weights = fixed_bytes(module)
+    minimum = weights + math.ceil(min(whole, tiled))
+    return DenoiserMemory(minimum, max(minimum, weights + math.ceil(DENOISE_BATCH * whole)))
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Estimated memory of a run: ``fixed + rows * per_row`` bytes; ``rows`` per chunk."""
+    """Estimated memory of a run: ``fixed + denoiser + rows * per_row`` bytes; ``rows`` per
+    chunk; ``denoiser``: bytes given to the network on the CPU (0 without one)."""
 
     fixed: int
     per_row: int
     rows: int
     budget: int
+    denoiser: int = 0
 
     @property
     def peak(self) -> int:
         """Estimated peak bytes above the interpreter and libraries."""
-        return self.fixed + self.rows * self.per_row
+        return self.fixed + self.denoiser + self.rows * self.per_row
 
 
 def per_row_bytes(info: Any, n_grid: int, queue_depth: int, denoised: bool) -> int:
@@ -115,30 +146,40 @@ def per_row_bytes(info: Any, n_grid: int, queue_depth: int, denoised: bool) -> i
 
 
 def plan_memory(info: Any, n_rows: int, *, n_grid: int, queue_depth: int, budget: int,
-                fixed: int, denoised: bool, nsino_per_chunk: Optional[int] = None
-                ) -> MemoryPlan:
-    """Rows per chunk: ``nsino_per_chunk``, else as many as fit ``budget`` (even, so that the
-    FBP's row pairs are the same in every run, and at most ``n_rows / MIN_CHUNKS``).
+                fixed: int, denoised: bool, nsino_per_chunk: Optional[int] = None,
+                denoiser: Optional[DenoiserMemory] = None) -> MemoryPlan:
+    """Split ``budget`` once between the network and the chunks.
+
+    The network (``denoiser``, on the CPU) gets what it wants, at most half of what is left
+    after ``fixed`` and never below its minimum; the chunks get ``nsino_per_chunk`` rows, else
+    as many as fit the rest (even, so that the FBP's row pairs are the same in every run, and
+    at most ``n_rows / MIN_CHUNKS``).
 
     Raises
     ------
     ValueError
-        ``budget`` cannot hold even one row.
+        ``budget`` cannot hold the workspace, the network's minimum and one row; the message
+        names the smallest budget that works.
     """
     per_row = per_row_bytes(info, n_grid, queue_depth, denoised)
+    net = 0
+    if denoiser is not None:
+        net = denoiser.share(min((budget - fixed) // 2, budget - fixed - per_row))
     if nsino_per_chunk is not None:
-        return MemoryPlan(fixed, per_row, min(int(nsino_per_chunk), n_rows), budget)
-    fit = (budget - fixed) // per_row
+        return MemoryPlan(fixed, per_row, min(int(nsino_per_chunk), n_rows), budget, net)
+    fit = (budget - fixed - net) // per_row
     if fit < 1:
-        need = (fixed + per_row) / 2**20
+        need = math.ceil((fixed + net + per_row) / 2**20)
+        net_msg = "" if denoiser is None else \
+            f", {net / 2**20:.1f} MiB for the denoiser (weights and activations)"
         raise ValueError(f"max_memory {budget / 2**20:.1f} MiB is too small for this scan: it "
-                         f"needs {fixed / 2**20:.1f} MiB of FBP/denoiser workspace plus "
+                         f"needs {fixed / 2**20:.1f} MiB of FBP workspace{net_msg} and "
                          f"{per_row / 2**20:.1f} MiB per row of a chunk; pass --max-memory "
-                         f"{math.ceil(need)}M or more, or fewer threads with --ncore")
+                         f"{need}M or more, or fewer threads with --ncore")
     rows = int(min(fit, max(1, math.ceil(n_rows / MIN_CHUNKS))))
     if rows > 1:
         rows -= rows % 2
-    return MemoryPlan(fixed, per_row, rows, budget)
+    return MemoryPlan(fixed, per_row, rows, budget, net)
 
 
 def cpu_threads(ncore: Optional[int]) -> int:

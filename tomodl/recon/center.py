@@ -56,6 +56,8 @@ TRUNCATED_BACKGROUND = 4.0
 AUTO_WINDOW = 0.05
 #: Trial centres reconstructed per FBP call (bounds memory to ~ this x SCORE_GRID**2 floats).
 BATCH = 8
+#: Most trial centres one try mode / :func:`write_center` call reconstructs (one image each).
+MAX_TRIAL_CENTERS = 500
 
 
 class CenterScan(NamedTuple):
@@ -362,7 +364,7 @@ def write_center(tomo, theta, dpath, cen_range: Sequence[float], *, ind: Optiona
     formats : sequence of {"tiff", "png"}
         Image formats written.  PNGs share one grey scale so they can be compared by eye.
     overwrite : bool
-        Replace existing images of the same names.
+        Replace existing images of the same names (only images that tomodl wrote).
 
     Returns
     -------
@@ -404,19 +406,18 @@ def _centre_list(cen_range) -> np.ndarray:
     except (TypeError, ValueError):
         raise ValueError(f"cen_range must be (start, stop, step) in pixels, got {cen_range!r}"
                          ) from None
-    if not step > 0 or not stop > start:
-        raise ValueError(f"cen_range=(start, stop, step) needs step > 0 and stop > start, got "
-                         f"{cen_range!r}")
-    centers = np.arange(start, stop, step)
-    if centers.size > 10000:
-        raise ValueError(f"cen_range gives {centers.size} centres; use a larger step")
-    return centers
+    if not (np.isfinite([start, stop, step]).all() and step > 0 and stop > start):
+        raise ValueError(f"cen_range=(start, stop, step) needs finite values, step > 0 and "
+                         f"stop > start, got {cen_range!r}")
+    count = math.ceil((stop - start) / step)          # before anything is allocated
+    if count > MAX_TRIAL_CENTERS:
+        raise ValueError(f"cen_range {cen_range!r} gives {count} trial centres; at most "
+                         f"{MAX_TRIAL_CENTERS} are reconstructed: use a larger step or a "
+                         "narrower range")
+    return np.arange(start, stop, step)
 
 
 def _write_tiff(path: Path, img: np.ndarray, overwrite: bool) -> None:
-    import tifffile
+    from tomodl.io.writers import write_tiff
 
-    from tomodl.io.atomic import atomic_file
-
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        tifffile.imwrite(tmp, np.asarray(img, dtype=np.float32))
+    write_tiff(path, img, overwrite=overwrite)

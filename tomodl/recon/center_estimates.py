@@ -97,7 +97,7 @@ def _at_angle(sino: np.ndarray, theta: np.ndarray, i: int, delta: float) -> np.n
     if abs(delta) < 1e-6:
         return sino[i]
     dist = _wrap(theta - theta[i])
-    dist[i] = np.inf
+    dist[np.abs(dist) < 1e-6] = np.inf   # theta[i] itself and its duplicates: no slope to use
     side = np.where(np.sign(dist) == np.sign(delta), np.abs(dist), np.inf)
     k = int(np.argmin(side)) if np.isfinite(side.min()) else int(np.argmin(np.abs(dist)))
     return sino[i] + (delta / dist[k]) * (sino[k] - sino[i])

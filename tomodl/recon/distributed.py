@@ -4,7 +4,7 @@
 Design:
 
 - **Workers compute whole chunks** (read rows -> normalize, ``-log`` -> FBP -> denoise) with the
-  same stage functions as the single-process conveyor (:mod:`tomodl.recon.pipeline`), the
+  same stage functions as the single-process conveyor (:mod:`tomodl.recon.stages`), the
   centre found once by the driver, and the same chunk plan, so the output is identical to a
   single-process run.  Each worker runs one chunk at a time (a per-worker lock), using all of
   its threads for torch, and loads the denoiser once, cached by the weights' SHA-256 in the
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the worker plugin holding the per-worker lock and denoiser cache.
 PLUGIN = "tomodl"
+#: How long :func:`dask_client` waits for an existing scheduler before giving up.
+SCHEDULER_TIMEOUT = "10s"
 Rows = Tuple[int, int]
 
 
@@ -85,7 +87,7 @@ def compute_chunk(path: str, rows: Rows, center: float, cfg: Any, spec: Any,
     """Worker task: the slices ``(rows, N, N)`` of one chunk and the busy seconds per stage."""
     from distributed import get_worker
 
-    from tomodl.recon import pipeline
+    from tomodl.recon import stages
 
     worker = get_worker()
     state = worker.plugins[PLUGIN]
@@ -94,11 +96,11 @@ def compute_chunk(path: str, rows: Rows, center: float, cfg: Any, spec: Any,
         clock = StageClock()
         step = state.step(spec)
         with clock.time("read"):
-            scan = pipeline.load_chunk(path, rows)
+            scan = stages.load_chunk(path, rows, cfg.corrections)
         with clock.time("preprocess"):
-            proj = pipeline.preprocess_chunk(scan, path)
-        rec = pipeline.reconstruct_chunk(proj, scan.theta, center, replace(cfg, ncore=threads),
-                                         step, clock=clock)
+            proj = stages.preprocess_chunk(scan, path, cfg.corrections)
+        rec = stages.reconstruct_chunk(proj, scan.theta, center, replace(cfg, ncore=threads),
+                                       step, clock=clock)
         return rec, clock.busy
 
 
@@ -106,7 +108,7 @@ def _warm_up() -> None:
     import torch  # noqa: F401
 
     import tomodl.recon.fbp  # noqa: F401
-    import tomodl.recon.pipeline  # noqa: F401
+    import tomodl.recon.stages  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -125,8 +127,8 @@ def dask_client(workers: Optional[int], scheduler: Optional[str]) -> Iterator[An
         where = {"scheduler_file": scheduler} if Path(scheduler).is_file() else \
             {"address": scheduler}
         try:
-            client = Client(**where, timeout="30s")
-        except (OSError, TimeoutError) as err:
+            client = Client(**where, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as err:
             raise ValueError(f"cannot connect to the Dask scheduler {scheduler!r} ({err}); check "
                              "the address and that the scheduler is running") from err
         with client:
@@ -147,8 +149,10 @@ def dask_client(workers: Optional[int], scheduler: Optional[str]) -> Iterator[An
         yield client
 
 
-def run_distributed(job: Any, consume: Callable[[Rows, Any], None], clock: StageClock) -> None:
-    """Compute ``job.todo`` on Dask workers and ``consume(rows, slices)`` each result here.
+def run_distributed(job: Any, consume: Callable[[Rows, Any], None], clock: StageClock,
+                    client: Any) -> None:
+    """Compute ``job.todo`` on the Dask workers of ``client`` (:func:`dask_client`, opened by
+    the caller before the output) and ``consume(rows, slices)`` each result here.
 
     Raises
     ------
@@ -159,47 +163,46 @@ def run_distributed(job: Any, consume: Callable[[Rows, Any], None], clock: Stage
 
     cfg = job.cfg
     t0 = time.perf_counter()
-    with dask_client(cfg.workers, cfg.scheduler) as client:
-        client.register_plugin(worker_plugin(), name=PLUGIN)
-        client.run(_warm_up)            # import torch and the FBP on every worker at once
-        clock.add({"cluster": time.perf_counter() - t0})
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        ncore = cfg.ncore
-        if ncore is None and cfg.workers is not None:
-            ncore = max(1, (os.cpu_count() or 1) // cfg.workers)
-        logger.info("Dask: %d workers at %s, %s torch threads each", n_workers,
-                    client.scheduler.address, ncore or "all their")
-        token = uuid.uuid4().hex[:8]
-        todo = iter(job.todo)
-        pending: Dict[Any, Rows] = {}
-        done = as_completed()
+    client.register_plugin(worker_plugin(), name=PLUGIN)
+    client.run(_warm_up)            # import torch and the FBP on every worker at once
+    clock.add({"cluster": time.perf_counter() - t0})
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    ncore = cfg.ncore
+    if ncore is None and cfg.workers is not None:
+        ncore = max(1, (os.cpu_count() or 1) // cfg.workers)
+    logger.info("Dask: %d workers at %s, %s torch threads each", n_workers,
+                client.scheduler.address, ncore or "all their")
+    token = uuid.uuid4().hex[:8]
+    todo = iter(job.todo)
+    pending: Dict[Any, Rows] = {}
+    done = as_completed()
 
-        def submit() -> None:
-            rows = next(todo, None)
-            if rows is not None:
-                fut = client.submit(compute_chunk, str(job.path.resolve()), rows, job.center,
-                                    cfg, job.spec, ncore, key=f"tomodl-{rows[0]}-{token}",
-                                    pure=False, retries=0)
-                pending[fut] = rows
-                done.add(fut)
+    def submit() -> None:
+        rows = next(todo, None)
+        if rows is not None:
+            fut = client.submit(compute_chunk, str(job.path.resolve()), rows, job.center,
+                                cfg, job.spec, ncore, key=f"tomodl-{rows[0]}-{token}",
+                                pure=False, retries=0)
+            pending[fut] = rows
+            done.add(fut)
 
-        for _ in range(2 * n_workers):
-            submit()
-        for fut in done:
-            rows = pending.pop(fut)
-            try:
-                rec, busy = fut.result()
-            except Exception as err:  # noqa: BLE001 - every cause stops the run
-                client.cancel(list(pending))
-                raise ChunkFailure(rows, _stage_of(err), err) from err
-            clock.add(busy)
-            del fut
-            submit()
-            try:
-                consume(rows, rec)
-            except Exception as err:  # noqa: BLE001 - e.g. disk full
-                client.cancel(list(pending))
-                raise ChunkFailure(rows, "write", err) from err
+    for _ in range(2 * n_workers):
+        submit()
+    for fut in done:
+        rows = pending.pop(fut)
+        try:
+            rec, busy = fut.result()
+        except Exception as err:  # noqa: BLE001 - every cause stops the run
+            client.cancel(list(pending))
+            raise ChunkFailure(rows, _stage_of(err), err) from err
+        clock.add(busy)
+        del fut
+        submit()
+        try:
+            consume(rows, rec)
+        except Exception as err:  # noqa: BLE001 - e.g. disk full
+            client.cancel(list(pending))
+            raise ChunkFailure(rows, "write", err) from err
 
 
 def _stage_of(err: BaseException) -> str:

@@ -36,7 +36,8 @@ import numpy as np
 from tomodl.backend import to_tensor, torch_threads
 from tomodl.errors import TomodlError
 from tomodl.recon.filters import check_filter_name, get_filter
-from tomodl.recon.geometry import default_center, grid_origin, image_coordinates
+from tomodl.recon.geometry import (check_angles, check_center, default_center, grid_origin,
+                                    image_coordinates)
 from tomodl.recon.nufft import backproject as nufft_backproject
 from tomodl.recon.nufft import fast_len, make_plan
 
@@ -238,6 +239,8 @@ def _check_args(shape, theta, center, num_gridx):
                           f"{c.shape}")
     if not np.all(np.isfinite(c)):
         raise TomodlError("center contains NaN or Inf")
+    check_angles(th)
+    check_center(c, n_det)
     n = n_det if num_gridx is None else int(num_gridx)
     if num_gridx is not None and (n != num_gridx or n < 2):
         raise TomodlError(f"num_gridx must be an integer >= 2, got {num_gridx!r}")

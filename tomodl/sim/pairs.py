@@ -10,6 +10,15 @@ pipeline's own stages (:func:`tomodl.io.dxchange.read_dx` -> normalize -> ``-log
 ``tomodl recon`` feeds it at inference.
 Target: the scan's ground-truth slice (same grid, attenuation per pixel).
 
+The projection-level steps of ``tomodl recon`` (issue 14) are not applied here, and what each
+would change for the network: ``--retrieve-phase-method paganin`` low-pass filters every
+projection (the FBP input is smoother, its streaks weaker and wider: pairs for Paganin data
+would apply :func:`tomodl.recon.phase.retrieve_phase` to the simulated transmission, with the
+target blurred by the same filter, since Paganin cannot restore the detail it removes);
+``--file-type double_fov`` changes the geometry (a wider grid, half the angles of the 360-degree
+scan, a blended seam in the overlap): pairs would stitch a simulated offset-axis scan with
+:func:`tomodl.recon.stitch.stitch_360`.  The preview changes nothing.
+
 Pairs file (HDF5, see docs/architecture.md): groups ``/train``, ``/val``, ``/test`` with
 ``input``, ``target`` ``(n, H, W)`` float32, ``phantom`` and ``n_angles`` ``(n,)`` int64 (the
 angles behind each input); root attribute
@@ -188,18 +197,20 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
     import h5py
     from tqdm.auto import tqdm
 
-    from tomodl.io.atomic import atomic_file, check_output_path, refuse_existing
+    from tomodl.io.atomic import atomic_file, check_replace
+    from tomodl.io.ownership import MARK_ATTR
 
     if not scans:
         raise SimulationError("no scans given: pass one or more files from 'tomodl simulate foam'")
     factors = [int(sparse)] if np.isscalar(sparse) else [int(k) for k in sparse]
     if not factors or min(factors) < 1:
         raise SimulationError(f"sparse factors must be integers >= 1, got {sparse}")
-    refuse_existing(out, overwrite)
-    check_output_path(out, scans)
+    check_replace(out, overwrite=overwrite, kinds=("pairs",), protected=scans)
     labels = split_by_phantom(len(scans), seed, fractions)
     sources: List[Dict[str, Any]] = []
-    with atomic_file(out, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_file(out, overwrite=overwrite, kinds=("pairs",), protected=scans) as tmp, \
+            h5py.File(tmp, "w") as f:
+        f.attrs[MARK_ATTR] = "pairs"
         for k, path in enumerate(tqdm(scans, desc="pairs", unit="scan", disable=not progress)):
             rec, gt, n_used, info = _source(path, factors, k, filter_name, device, ncore)
             if k == 0:

@@ -71,10 +71,10 @@ def simulate_phantom_scan(path: Any, phantom: Phantom, *, geometry: Optional[Sca
     -------
     Path
     """
-    from tomodl.io.atomic import refuse_existing
+    from tomodl.io.atomic import check_replace
     from tomodl.io.dxchange import write_dx
 
-    refuse_existing(path, overwrite)
+    check_replace(path, overwrite=overwrite, kinds=("scan",))
     g = geometry or ScanGeometry()
     acquisition = acquisition or Acquisition()
     center = default_center(g.n_det) if g.center is None else float(g.center)
@@ -113,9 +113,9 @@ def simulate_scan(path: Any, family: str = "foam", *, seed: int = 0,
     >>> simulate_scan("foam.h5", "foam", seed=0,                       # doctest: +SKIP
     ...               geometry=ScanGeometry(n_det=256, n_rows=16, n_angles=900))
     """
-    from tomodl.io.atomic import refuse_existing
+    from tomodl.io.atomic import check_replace
 
-    refuse_existing(path, overwrite)
+    check_replace(path, overwrite=overwrite, kinds=("scan",))
     geometry = geometry or ScanGeometry()
     ph_seq, acq_seq = np.random.SeedSequence(int(seed)).spawn(2)
     phantom = make_phantom(family, geometry.n_det, geometry.n_rows,

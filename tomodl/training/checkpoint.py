@@ -72,18 +72,25 @@ def save_checkpoint(out: Path, epoch: int, model, optimizer, scheduler, scaler,
     import torch
     from safetensors.torch import save_file
 
+    from tomodl.io.atomic import remove_path, replace_dir, temp_then_rename
+
     final = checkpoint_dir(out, epoch)
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp / "model.safetensors"))
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
              "rng": _rng_state(), "extra": extra}
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        with temp_then_rename(tmp / "model.safetensors") as f:
+            save_file(tensors, str(f))
+        with temp_then_rename(tmp / "state.pt") as f:
+            torch.save(state, f)
+        replace_dir(tmp, final)
+    except BaseException:
+        remove_path(tmp)
+        raise
     _prune(Path(out), keep)
     return final
 

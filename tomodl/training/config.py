@@ -4,7 +4,7 @@
 The defaults are the paper's recipe (section 3.2): MSE loss, Adam with ``lr=3e-4`` and
 ``eps=1e-7``, the learning rate multiplied by 0.95 every 10 epochs, 65 epochs.  Every field can
 be set in the TOML file and overridden on the command line (``--set key=value``, nested tables
-as ``--set model_args.width=8``).  Relative paths are relative to the current directory.
+as ``--set model_args.base_filters=8``).  Relative paths are relative to the current directory.
 """
 from __future__ import annotations
 
@@ -193,6 +193,27 @@ def _check_values(cfg: TrainConfig) -> None:
             Policy.from_dict(dict(cfg.normalization))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key 'normalization': {err}") from None
+    _check_network(cfg)
+
+
+def _check_network(cfg: TrainConfig) -> None:
+    """``arch`` and ``model_args`` through the check applied to weights folders
+    (:func:`tomodl.models.checks.check_model_args`, and the parameter count on torch's ``meta``
+    device), so that a network too large to build stops here, before anything is allocated."""
+    from tomodl.errors import WeightsError
+    from tomodl.models.checks import check_model_args, expected_tensors
+    from tomodl.models.registry import check_model_name
+
+    try:
+        check_model_name(cfg.arch)
+    except ValueError as err:
+        raise ConfigError(f"config key 'arch': {err}") from None
+    fix = "fix [model_args] in the config or --set model_args.KEY=VALUE"
+    try:
+        args = check_model_args(cfg.arch, dict(cfg.model_args), "training config", fix)
+        expected_tensors(cfg.arch, args, "training config", fix)
+    except WeightsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def from_mapping(values: Mapping[str, Any]) -> TrainConfig:
@@ -205,11 +226,13 @@ def from_mapping(values: Mapping[str, Any]) -> TrainConfig:
 
 
 def parse_override(item: str) -> Tuple[str, Any]:
-    """Parse ``key=value`` (value as a TOML literal, else a plain string)."""
+    """Parse ``key=value`` (value as a TOML literal, else a plain string): the one parser of
+    every ``--set`` / ``--profile-arg`` of the command line (through :func:`apply_overrides`)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r} is not of the form key=value")
+        raise ConfigError(f"override {item!r} is not of the form KEY=VALUE (e.g. lr=1e-4, "
+                          "model_args.base_filters=8, fill_range=[0.2, 1.5])")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:

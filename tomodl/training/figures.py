@@ -7,7 +7,6 @@ matplotlib is imported inside the functions, with the non-interactive Agg backen
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -20,14 +19,13 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "throughp
 
 def write_history(path: Path, rows: Sequence[Dict[str, float]]) -> None:
     """Write the per-epoch rows to ``path`` (atomically: a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    from tomodl.io.atomic import temp_then_rename
+
+    with temp_then_rename(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         w.writeheader()
         for r in rows:
             w.writerow({k: r[k] for k in HISTORY_COLUMNS})
-    os.replace(tmp, path)
 
 
 def read_history(path: Path) -> List[Dict[str, float]]:
@@ -38,6 +36,17 @@ def read_history(path: Path) -> List[Dict[str, float]]:
     with open(path, newline="") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}
                 for r in csv.DictReader(f)]
+
+
+def _save(fig, path: Path) -> None:
+    """Save and close ``fig`` atomically (a temporary file, then a rename)."""
+    from tomodl.io.atomic import temp_then_rename
+
+    try:
+        with temp_then_rename(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        _pyplot().close(fig)
 
 
 def _pyplot():
@@ -67,8 +76,7 @@ def plot_loss(rows: Sequence[Dict[str, float]], path: Path, *, title: str = "") 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def comparison_figure(rows: Sequence[Tuple[str, Dict[str, np.ndarray]]], path: Path) -> None:
@@ -95,5 +103,4 @@ def comparison_figure(rows: Sequence[Tuple[str, Dict[str, np.ndarray]]], path: P
                 ax.set_title(list(panels)[j], fontsize=10)
         axes[i][0].set_ylabel(row_label, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from tomodl.errors import OutputError
+from tomodl.io.atomic import write_atomic
 from tomodl.training import data as D
 from tomodl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tomodl.training.config import ConfigError, TrainConfig, load_config, to_toml
@@ -117,12 +118,9 @@ def _prepare_out(cfg: TrainConfig, resume: bool, info: DistInfo) -> Optional[Pat
                               f"{list(RESUMABLE_CHANGES)} may change when resuming")
     elif ckpt is not None:
         raise OutputError(f"{out} already holds a run ({ckpt.name}); pass --resume to "
-                          "continue it or choose another --out")
+                          "continue it or choose another --out-path")
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "config.toml.tmp"
-        tmp.write_text(to_toml(cfg))
-        tmp.replace(out / "config.toml")
+        write_atomic(out / "config.toml", to_toml(cfg))
     return ckpt
 
 

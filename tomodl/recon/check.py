@@ -1,0 +1,352 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""How far the network can be trusted, measured on the user's own data (issue 13).
+
+On a sample of rows, an interleaved subset of the measured angles is set aside
+(:func:`tomodl.recon.refine.holdout_split`: every 4th angle); FBP and the network reconstruct
+from the rest, both are forward-projected at the set-aside angles
+(:class:`~tomodl.recon.projector.ParallelProjector`) and compared with what was measured
+there.  The residual is differentiated along the detector first, so that detail counts and a
+smooth offset does not, and divided by the norm of the differentiated measurement:
+
+    score = ||D (P_held x - y_held)|| / ||D y_held||      (per row; 0 = perfectly consistent)
+
+The score is scale-free and comparable between scans.  The disagreement map is the FBP (the
+ramp-filtered adjoint) of the residual at the set-aside angles: in attenuation per pixel, it
+is positive where the image holds more than the set-aside projections support (an invented
+bright feature) and negative where it holds less (an invented pore).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from tomodl.errors import TomodlError
+
+logger = logging.getLogger(__name__)
+
+#: Rows checked by default: this many, spread evenly over the selected rows.
+CHECK_ROWS = 8
+#: The automatic check (``check=None``) runs when the volume has at least this many rows per
+#: checked row, so that it costs well below a quarter of the run (``docs/usage.md``).
+AUTO_ROWS_PER_CHECKED = 8
+#: The map's grey scale in the PNG: +-this fraction of the slice's 1-99 % grey range.
+MAP_RANGE = 0.2
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Per-row consistency scores and disagreement maps of a check.
+
+    Attributes
+    ----------
+    rows : tuple of int
+        Rows checked (indices into the data given, or detector rows in a file run).
+    held : tuple of int
+        Indices of the set-aside angles.
+    fbp, network : ndarray, shape (n_checked,), float64
+        Scores (``network`` None without a network).
+    images : ndarray, shape (n_checked, N, N), float32
+        The network's output (or the FBP) from the kept angles.
+    maps : ndarray, shape (n_checked, N, N), float32
+        Disagreement maps of ``images`` (attenuation per pixel).
+    """
+
+    rows: Tuple[int, ...]
+    held: Tuple[int, ...]
+    fbp: np.ndarray
+    network: Optional[np.ndarray]
+    images: np.ndarray
+    maps: np.ndarray
+
+    @property
+    def network_worse(self) -> bool:
+        """The network's median score is above the FBP's (less consistent with the data)."""
+        return self.network is not None and bool(np.median(self.network) > np.median(self.fbp))
+
+    def summary(self) -> str:
+        """One line: medians (and ranges) of both scores."""
+        def fmt(v):
+            return f"{np.median(v):.3f} (rows {np.min(v):.3f}-{np.max(v):.3f})"
+        net = "" if self.network is None else f", network {fmt(self.network)}"
+        return (f"check on {len(self.rows)} rows, {len(self.held)} set-aside angles: held-out "
+                f"residual FBP {fmt(self.fbp)}{net} (lower = more consistent)")
+
+    def provenance(self) -> dict:
+        """The record stored in the output's provenance."""
+        return {"rows": [int(r) for r in self.rows], "held_out_angles": len(self.held),
+                "score": "||D(P x - y)|| / ||D y|| at set-aside angles, D = d/d detector",
+                "fbp": [round(float(v), 5) for v in self.fbp],
+                "network": None if self.network is None
+                else [round(float(v), 5) for v in self.network],
+                "fbp_median": round(float(np.median(self.fbp)), 5),
+                "network_median": None if self.network is None
+                else round(float(np.median(self.network)), 5)}
+
+
+def heldout_scores(images, y_held, projector) -> np.ndarray:
+    """Scores ``(B,)`` of images ``(B, N, N)`` against measured ``y_held (B, n_held, n_det)``
+    at the projector's angles (see the module docstring)."""
+    p = projector.forward(images)
+    y = p.new_tensor(np.asarray(y_held))
+    r = p - y
+    num = _ddet(r).square().sum(dim=(-2, -1)).sqrt()
+    den = _ddet(y).square().sum(dim=(-2, -1)).sqrt().clamp(min=1e-30)
+    return (num / den).double().cpu().numpy()
+
+
+def _residual(images, y_held, projector):
+    p = projector.forward(images)
+    return p - p.new_tensor(np.asarray(y_held))
+
+
+def _ddet(s):
+    return s[..., 1:] - s[..., :-1]
+
+
+def check_sinograms(sinos, theta, centers, step: Optional[Callable] = None, *,
+                    filter_name: str = "shepp", num_gridx: Optional[int] = None,
+                    rows: Optional[Sequence[int]] = None, ncore=None) -> CheckResult:
+    """Run the check on sinograms ``(B, n_angles, n_det)`` (float32 line integrals).
+
+    ``centers``: a float or one per sinogram; ``step(slices (B, N, N), device=, ncore=)``: the
+    network step (:meth:`~tomodl.recon.denoising.ModelSpec.step`) or None for FBP only.
+    Computed on the CPU (a few rows).  Raises TomodlError when the scan has too few angles
+    to set any aside (fewer than 8).
+    """
+    from tomodl.recon.fbp import fbp
+    from tomodl.recon.refine import holdout_split, projector_for
+
+    s = np.asarray(sinos, dtype=np.float32)
+    th = np.asarray(theta, dtype=np.float64)
+    if s.ndim != 3 or s.shape[1] != th.size:
+        raise TomodlError(f"check needs sinograms (rows, n_angles={th.size}, n_det), got "
+                          f"shape {s.shape}")
+    split = holdout_split(th.size)
+    if split is None:
+        raise TomodlError(f"{th.size} angles are too few to set any aside for the check",
+                          fix="check scans with at least 8 projections")
+    keep, held = split
+    c = np.broadcast_to(np.asarray(centers, dtype=np.float64), (s.shape[0],))
+    n = int(num_gridx or s.shape[2])
+    rec = np.asarray(fbp(s[:, keep], th[keep], c, filter_name=filter_name, num_gridx=n,
+                         device="cpu", ncore=ncore), dtype=np.float32)
+    proj = projector_for(n, th[held], s.shape[2], c, "cpu")
+    y = s[:, held]
+    f_scores = heldout_scores(rec, y, proj)
+    net_scores, img = None, rec
+    if step is not None:
+        img = np.asarray(step(rec, device="cpu", ncore=ncore), dtype=np.float32)
+        net_scores = heldout_scores(img, y, proj)
+    maps = disagreement_map(img, y, th[held], proj, filter_name=filter_name)
+    return CheckResult(tuple(int(r) for r in (range(s.shape[0]) if rows is None else rows)),
+                       tuple(int(h) for h in held), f_scores, net_scores, img, maps)
+
+
+def disagreement_map(images, y_held, theta_held, projector, *,
+                     filter_name: str = "shepp") -> np.ndarray:
+    """Filtered back-projection (``projector``'s adjoint, scaled as FBP) of the residual
+    ``P_held images - y_held`` at the set-aside angles, ``(B, N, N)``: where the images
+    contradict the set-aside measurements (positive: more than measured)."""
+    from tomodl.recon.filters import get_filter
+
+    r = _residual(images, y_held, projector).double().cpu().numpy()
+    pad = 2 * r.shape[-1]
+    h = get_filter(filter_name, pad)
+    rf = np.fft.irfft(np.fft.rfft(r, pad) * h, pad)[..., :r.shape[-1]]
+    back = projector.adjoint(rf).double().cpu().numpy()
+    return (np.pi / len(theta_held) * back).astype(np.float32)
+
+
+def check(tomo, theta, center=None, *, algorithm: str = "fbp+resattunet", rows=None,
+          sinogram_order: bool = False, filter_name: str = "shepp", model=None,
+          num_gridx: Optional[int] = None, ncore=None) -> CheckResult:
+    """Measure how consistent FBP and the network are with set-aside measured angles.
+
+    Parameters
+    ----------
+    tomo : array_like, shape (n_angles, n_rows, n_det)
+        Line integrals as for :func:`tomodl.recon` (``(n_rows, n_angles, n_det)`` with
+        ``sinogram_order=True``).
+    theta : array_like, shape (n_angles,)
+        Angles in radians.
+    center : float or array_like of shape (n_rows,), optional
+        Rotation axis in pixels (default: detector middle).
+    algorithm : str
+        ``"fbp"`` or ``"fbp+<model>"`` (as :func:`tomodl.recon`); ``model``: weights.
+    rows : int or sequence of int, optional
+        Rows to check: an int N checks N rows spread evenly (default :data:`CHECK_ROWS`).
+
+    Returns
+    -------
+    CheckResult
+        ``.fbp`` / ``.network`` per-row scores, ``.maps``, ``.summary()``.
+    """
+    from tomodl.recon.api import as_sinograms, load_model_step, parse_algorithm
+
+    sino, th = as_sinograms(tomo, theta, sinogram_order)
+    sino = np.asarray(sino, dtype=np.float32)
+    picked = spread_rows(0, sino.shape[0], CHECK_ROWS if rows is None else rows)
+    c = np.asarray(sino.shape[2] / 2 if center is None else center, dtype=np.float64)
+    c = c if c.ndim == 0 else c[list(picked)]
+    n = int(num_gridx or sino.shape[2])
+    step = load_model_step(parse_algorithm(algorithm), {"model": model}, filter_name, th,
+                           device="cpu", n_grid=n)
+    res = check_sinograms(sino[list(picked)], th, c, step, filter_name=filter_name,
+                          num_gridx=n, rows=picked, ncore=ncore)
+    logger.info("%s", res.summary())
+    return res
+
+
+def spread_rows(start: int, stop: int, rows: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    """Rows to check in ``[start, stop)``: ``rows`` evenly spread ones if an int, else the
+    given rows (each must lie in the range)."""
+    if isinstance(rows, (int, np.integer)):
+        if rows < 1:
+            raise TomodlError(f"check rows must be >= 1, got {rows}")
+        k = min(int(rows), stop - start)
+        return tuple(int(start + (2 * i + 1) * (stop - start) // (2 * k)) for i in range(k))
+    picked = tuple(sorted({int(r) for r in rows}))
+    bad = [r for r in picked if not start <= r < stop]
+    if not picked or bad:
+        raise TomodlError(f"check rows {list(bad) or '(none)'} are not among the reconstructed "
+                          f"rows {start}..{stop - 1}", fix="name rows inside that range")
+    return picked
+
+
+def maps_folder(out) -> Path:
+    """``<out without suffix>_check`` next to the output."""
+    from tomodl.recon.preview import preview_path
+
+    p = preview_path(out)
+    return p.with_name(p.name[:-len("_preview.png")] + "_check")
+
+
+def write_maps(res: CheckResult, folder, *, overwrite: bool = True) -> list:
+    """Write ``folder/row_<r>.png`` (image | map side by side, atomic, tomodl's) per row.
+
+    The map's grey scale is +-:data:`MAP_RANGE` of the slice's 1-99 % range (mid grey = the
+    data agree).  Only tomodl's own images are replaced.
+    """
+    from tomodl.io.atomic import check_replace
+    from tomodl.io.writers import write_png
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r, img, m in zip(res.rows, res.images, res.maps):
+        path = folder / f"row_{r:04d}.png"
+        check_replace(path, overwrite=overwrite, kinds=("image",))
+        paths.append(write_png(path, side_by_side(img, m), vmin=0.0, vmax=1.0,
+                               overwrite=overwrite))
+    return paths
+
+
+def side_by_side(image, dmap) -> np.ndarray:
+    """``[image | map]`` scaled to 0..1 (map: mid grey 0.5 = agreement)."""
+    lo, hi = np.percentile(image, (1.0, 99.0))
+    span = max(float(hi - lo), 1e-12)
+    left = np.clip((image - lo) / span, 0.0, 1.0)
+    right = np.clip(0.5 + dmap / (2 * MAP_RANGE * span), 0.0, 1.0)
+    return np.hstack([left, np.full((image.shape[0], 2), 1.0), right])
+
+
+# -- in a file run (tomodl recon --check) -----------------------------------------------------
+def parse_rows(text) -> Union[int, Tuple[int, ...]]:
+    """``"8"`` -> 8 (rows spread evenly); ``"100,250"`` -> (100, 250) (those rows)."""
+    if isinstance(text, (int, np.integer)):
+        return int(text)
+    if isinstance(text, (tuple, list)):
+        return tuple(int(r) for r in text)
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if not vals or (len(parts) == 1 and vals[0] < 1) or min(vals) < 0:
+        raise ValueError(f"check rows {text!r}: give a count (8) or detector rows (100,250)")
+    return vals[0] if len(parts) == 1 else tuple(vals)
+
+
+def wanted_rows(cfg, rows, has_network: bool) -> Tuple[int, ...]:
+    """The rows to check in a file run: none when ``cfg.check`` is False, or when it is None
+    (auto) and there is no network or fewer than :data:`AUTO_ROWS_PER_CHECKED` rows per
+    checked row (then the check would cost more than about a quarter of the run)."""
+    start, stop = rows
+    sel = parse_rows(cfg.check_rows)
+    if cfg.check is False or cfg.reconstruction_type == "try":
+        return ()
+    if cfg.check is None:
+        k = sel if isinstance(sel, int) else len(sel)
+        if not has_network or stop - start < AUTO_ROWS_PER_CHECKED * k:
+            return ()
+    return spread_rows(start, stop, sel)
+
+
+def run_check(path, info, cfg, center: float, rows, step) -> Optional[CheckResult]:
+    """Check rows of a scan file before its volume is reconstructed (None when not run).
+
+    Each checked row is read and pre-processed as the pipeline does
+    (:mod:`tomodl.recon.stages`); ``step`` is the pipeline's network step.
+    """
+    import time
+
+    from tomodl.recon import stages
+
+    picked = wanted_rows(cfg, rows, step is not None)
+    if not picked:
+        return None
+    if cfg.corrections.file_type == "double_fov" or \
+            cfg.corrections.retrieve_phase_method != "none":
+        logger.warning("check skipped: not implemented for double_fov or phase retrieval yet")
+        return None
+    t0 = time.perf_counter()
+    sinos = []
+    for r in picked:
+        scan = stages.load_chunk(path, (r, r + 1), cfg.corrections)
+        sinos.append(stages.preprocess_chunk(scan, path, cfg.corrections)[:, 0])
+    try:
+        res = check_sinograms(np.stack(sinos), scan.theta, center, step,
+                              filter_name=cfg.filter_name, num_gridx=info.n_det, rows=picked,
+                              ncore=cfg.ncore)
+    except TomodlError as err:
+        logger.warning("check skipped: %s", err.problem)
+        return None
+    logger.info("%s; %.1f s", res.summary(), time.perf_counter() - t0)
+    return res
+
+
+def fallback_reason(res: Optional[CheckResult], cfg) -> Optional[str]:
+    """Why the FBP is kept for this scan, or None: with the default algorithm and shipped
+    weights, when the network is less consistent with the set-aside angles than the FBP
+    (warned with both scores either way)."""
+    if res is None or not res.network_worse:
+        return None
+    from tomodl.recon.config import ReconConfig
+
+    why = (f"the network is less consistent with the set-aside measured angles than the FBP "
+           f"(held-out residual {np.median(res.network):.3f} vs FBP "
+           f"{np.median(res.fbp):.3f}, median of {len(res.rows)} rows)")
+    if cfg.algorithm == ReconConfig.algorithm and cfg.model is None:
+        logger.warning("%s: keeping the FBP for this scan (name the weights with model= / "
+                       "--model to keep the network)", why)
+        return why
+    logger.warning("%s; the network named is kept", why)
+    return None
+
+
+def write_check_maps(res: CheckResult, out) -> None:
+    """Write the maps of a file run beside its output (``<out>_check/``); a file tomodl did
+    not write in the way is left alone with a warning (the volume is already final)."""
+    from tomodl.io.atomic import OutputError
+
+    try:
+        paths = write_maps(res, maps_folder(out))
+    except (OutputError, OSError) as err:
+        logger.warning("no check maps: %s", err)
+        return
+    logger.info("check maps (image | disagreement): %s/ (%d rows)", paths[0].parent,
+                len(paths))

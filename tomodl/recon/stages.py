@@ -1,0 +1,128 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The stages of a file reconstruction, each a plain function: read a chunk of rows, pre-process
+it, find the centre, set up the denoiser, reconstruct.
+
+Shared by the threaded conveyor (:mod:`tomodl.recon.volume`), the Dask workers
+(:mod:`tomodl.recon.distributed`) and :mod:`tomodl.sim.pairs`, so every path computes the same
+numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from tomodl.errors import ScanFileError
+from tomodl.recon.chunks import select_rows
+from tomodl.recon.config import ReconConfig, Rows
+from tomodl.recon.corrections import NO_CORRECTIONS, Corrections
+
+logger = logging.getLogger(__name__)
+
+
+def load_chunk(path, rows: Rows, corr: Corrections = NO_CORRECTIONS):
+    """Read projections, flats, darks and angles of detector rows ``rows`` only (binned rows
+    with ``corr.binning``; the projections ``corr`` selects)."""
+    from tomodl.io import read_dx
+    from tomodl.recon.corrections import proj_slice, raw_rows
+
+    if corr is NO_CORRECTIONS or corr == NO_CORRECTIONS:
+        return read_dx(path, sino=rows)
+    return read_dx(path, proj=proj_slice(corr), sino=raw_rows(rows, corr))
+
+
+def preprocess_chunk(scan, path: Any = "", corr: Corrections = NO_CORRECTIONS) -> np.ndarray:
+    """Line integrals ``(n_angles, rows, n_det)`` float32 of a raw chunk.
+
+    ``-log(normalize(proj, flat, dark))`` with the row-local corrections of ``corr``:
+    dezinger and binning of the raw counts, then stripe removal
+    (:func:`tomodl.recon.corrections.line_integrals`).  The default ``corr`` changes nothing.
+    """
+    from tomodl.recon.corrections import correct_raw, line_integrals
+    from tomodl.recon.preprocess import minus_log, normalize
+
+    check_flats(scan, path)
+    if corr is NO_CORRECTIONS or corr == NO_CORRECTIONS:
+        return minus_log(normalize(scan.proj, scan.flat, scan.dark))
+    scan = correct_raw(scan, corr)
+    return line_integrals(normalize(scan.proj, scan.flat, scan.dark), corr)
+
+
+def check_flats(scan, path: Any = "") -> None:
+    """Refuse a scan without flat fields (one line naming the file and the fix)."""
+    if scan.flat is None:
+        raise ScanFileError(f"{str(path)!r} has no flat fields (e.g. /exchange/data_white): "
+                            "tomodl recon needs raw counts with flats; normalize the data first "
+                            "or add the flats to the file")
+
+
+def resolve_center(path, info, cfg: ReconConfig) -> float:
+    """The rotation axis: ``cfg.center``, or found once on the middle selected row."""
+    if cfg.center != "auto":
+        return float(cfg.center)
+    from tomodl.recon.center import find_center
+
+    start, stop = select_rows(info, cfg)
+    mid = (start + stop) // 2
+    scan = load_chunk(path, (mid, mid + 1), cfg.corrections)
+    center = find_center(preprocess_chunk(scan, path, cfg.corrections), scan.theta, ind=0,
+                         method=cfg.center_method, filter_name=cfg.filter_name,
+                         device=cfg.device, ncore=cfg.ncore)
+    logger.info("rotation axis found on row %d: %.2f px (detector middle %.1f)", mid, center,
+                (info.n_det - 1) / 2)
+    return center
+
+
+def prepare_denoiser(cfg: ReconConfig, n_grid: int, theta=None):
+    """``(ModelSpec, Denoiser, skipped)`` of ``cfg.algorithm`` (weights loaded once, screened;
+    :func:`tomodl.recon.denoising.prepare_model`).
+
+    ``(None, None, None)`` for plain FBP; ``(None, None, reason)`` when the shipped weights
+    chosen for ``theta`` must not be applied (:func:`tomodl.models.releases.fallback_reason`).
+    The spec's ``max_memory`` is set by the caller from the run's one memory plan.
+    """
+    from tomodl.recon.api import parse_algorithm
+    from tomodl.recon.denoising import prepare_model
+
+    n180 = None
+    if theta is not None:
+        from tomodl.models.releases import angles_per_half_turn
+
+        n180 = angles_per_half_turn(theta)
+    return prepare_model(parse_algorithm(cfg.algorithm).model, cfg.model, dtype=cfg.dtype,
+                         batch_size=cfg.batch_size, device=cfg.device,
+                         filter_name=cfg.filter_name, n_grid=n_grid, n_angles=n180,
+                         sparse=cfg.sparse)
+
+
+def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,
+                      step: Optional[Callable] = None, clock=None) -> np.ndarray:
+    """FBP (and denoising, and ``cfg.refine`` iterations of refinement against the
+    projections) of projections ``(n_angles, rows, n_det)`` -> ``(rows, N, N)``.
+
+    ``clock`` (a :class:`tomodl.recon.conveyor.StageClock`) receives the busy seconds.
+    """
+    from tomodl.recon.fbp import fbp
+
+    with _timed(clock, "fbp"):
+        rec = fbp(np.swapaxes(proj, 0, 1), theta, center, filter_name=cfg.filter_name,
+                  device=cfg.device, ncore=cfg.ncore)
+    if step is not None:
+        with _timed(clock, "denoise"):
+            rec = step(rec, device=cfg.device, ncore=cfg.ncore)
+    if cfg.refine:
+        from tomodl.recon.refine import cached_refiner
+
+        with _timed(clock, "refine"):
+            denoise = None if step is None else \
+                (lambda r: step(r, device=cfg.device, ncore=cfg.ncore))
+            rec = cached_refiner(cfg.refine, tuple(np.asarray(theta, np.float64)))(
+                rec, np.swapaxes(proj, 0, 1), center, device=cfg.device, ncore=cfg.ncore,
+                denoise=denoise)
+    return np.asarray(rec, dtype=np.float32)
+
+
+def _timed(clock, stage: str):
+    return clock.time(stage) if clock is not None else contextlib.nullcontext()
