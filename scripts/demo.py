@@ -107,10 +107,8 @@ def main() -> None:
 if __name__ == "__main__":
     import click
 
-    from tomodl.errors import TomodlError
-
     try:
         main()
-    except (TomodlError, click.ClickException) as error:
+    except (ValueError, OSError, click.ClickException) as error:   # TomodlError is a ValueError
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)

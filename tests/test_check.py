@@ -147,3 +147,18 @@ def replace_out(cfg, out):
     from dataclasses import replace
 
     return replace(cfg, out_path=out)
+
+
+def test_auto_check_rows_cost_a_small_share():
+    from tomodl.recon.check import AUTO_ROWS_PER_CHECKED as A
+    from tomodl.recon.check import wanted_rows
+    from tomodl.recon.config import ReconConfig
+
+    cfg = ReconConfig()
+    assert wanted_rows(cfg, (0, 2 * A - 1), True) == ()              # too small a volume
+    assert len(wanted_rows(cfg, (0, 3 * A), True)) == 3              # capped: one row in A
+    assert len(wanted_rows(cfg, (5, 5 + 100 * A), True)) == 8
+    assert wanted_rows(cfg, (0, 100 * A), False) == ()               # FBP alone: nothing
+    on = ReconConfig(check=True, check_rows=(3, 4))
+    assert wanted_rows(on, (0, 10), False) == (3, 4)
+    assert wanted_rows(ReconConfig(check=False), (0, 100 * A), True) == ()

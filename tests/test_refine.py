@@ -200,3 +200,20 @@ def test_auto_weights_from_held_out_angles(scan):
     assert out.shape == net.shape
     with pytest.raises(TomodlError, match="both 'auto'"):
         refine(net, sino, THETA, prior="auto", weight=0.1)
+
+
+def test_refine_objective_decreases_and_iterates_converge(scan):
+    """More iterations never make the refinement worse: the objective is non-increasing (to
+    float32 rounding) and the iterate at 2N is closer to the minimiser than the one at N."""
+    _, sino, _, net = scan
+    y = torch.as_tensor(np.swapaxes(sino, 0, 1)).double()
+    x0 = torch.as_tensor(net).double()
+    proj = projector_for(N, THETA, N, [N / 2], "cpu", torch.float64)
+    w = absolute_weights(x0, len(THETA), 0.1, 3.0)
+    obj = []
+    x_star = solve(proj, y, x0, w, 300, objective=obj)
+    obj = np.array(obj)[:, 0]
+    assert np.all(np.diff(obj) <= 1e-6 * obj[0])
+    dist = [float((solve(proj, y, x0, w, k) - x_star).norm()) for k in (5, 10, 20, 40, 80)]
+    assert all(b <= a for a, b in zip(dist, dist[1:])), dist
+    assert dist[-1] < 0.1 * dist[0]

@@ -127,6 +127,7 @@ def test_config_roundtrip_and_overrides(tmp_path):
     (["--set", "epochs=1.5"], "'epochs'"),
     (["--precision", "fp16"], "Unknown precision 'fp16'"),
     (["--data", "missing.h5"], "data file 'missing.h5' does not exist"),
+    (["--data", "README.md"], "README.md: not an HDF5 pairs file"),
     # model_args get the bounds of a weights folder (tomodl.models.checks), before allocating
     (["--set", "model_args.depth=100"], "model_args.depth = 100 is not an integer in [2, 8]"),
     (["--set", "model_args.base_filters=1e9"], "model_args.base_filters = 1000000000.0 is not"),
@@ -138,11 +139,26 @@ def test_config_roundtrip_and_overrides(tmp_path):
 def test_bad_config_fails_with_one_line(pairs, tmp_path, args, message):
     if "--data" not in args:
         args = args + ["--data", pairs]
+    elif "README.md" in args:      # not HDF5: refused before the output folder is made
+        args = ["--data", str(Path(__file__).resolve().parents[1] / "README.md")]
     res = CliRunner().invoke(train_cmd, args + ["--out-path", str(tmp_path / "o")])
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile-arg", "depth=100"], "--profile-arg: model_args.depth = 100 is not an integer"),
+    (["--profile-arch", "vgg"], "--profile-arch: Unknown model 'vgg'"),
+])
+def test_profile_args_are_checked_before_a_child_allocates(tmp_path, args, message):
+    from tomodl.cli.evaluate import evaluate as evaluate_cmd
+
+    res = CliRunner().invoke(evaluate_cmd, ["--profile-precision", *args,
+                                            "--out-path", str(tmp_path / "e")])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
 
 
 def test_config_checks_model_args_like_weights():

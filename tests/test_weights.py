@@ -418,8 +418,9 @@ def test_huge_model_args_fail_fast_with_a_small_footprint(tmp_path):
     for folder in folders:
         kind, msg, seconds = out[folder]
         assert kind == "WeightsError", (folder, kind, msg)
-        assert seconds < 2.0, (folder, seconds)
-    assert out["maxrss_kb"] < 1_500_000
+        assert seconds < 5.0, (folder, seconds)      # generous: CI machines are busy
+    # torch alone takes a few hundred MB; the hostile configs once asked for 24-36 GB
+    assert out["maxrss_kb"] < 3_000_000
 
 
 def test_nan_weights_are_refused_at_load_time(tmp_path):

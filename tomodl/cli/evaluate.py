@@ -29,10 +29,13 @@ def _models(items: Tuple[str, ...]) -> dict:
 
 def _profile(out: Path, archs, size: int, batch: int, steps: int, args: Tuple[str, ...],
              device: str) -> Path:
-    from tomodl.training.config import apply_overrides
+    from tomodl.training.config import apply_overrides, check_network
     from tomodl.training.profile import ProfileSpec, profile, table2_markdown, write_table2
 
     model_args = apply_overrides({}, args)
+    for arch in archs:   # before a child process allocates the network
+        check_network(arch, model_args, "--profile-arg", "fix --profile-arg KEY=VALUE",
+                      "--profile-arch")
     specs = [ProfileSpec(a, p, size=size, batch=batch, steps=steps, model_args=model_args,
                          device=device) for a in archs for p in ("fp32", "amp")]
     results = profile(specs)

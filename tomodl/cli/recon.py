@@ -142,7 +142,7 @@ def _raise_verbosity(verbose: int) -> None:
                    "on a few rows: scores in the log and the provenance, maps in "
                    "<out>_check/; the default algorithm keeps the FBP where the network is "
                    "less consistent (see docs/usage.md) [default: on with a network for "
-                   "volumes of at least 8 rows per checked row].")
+                   "volumes of 40 rows or more, checking at most one row in 20].")
 @click.option("--check-rows", default="8", show_default=True, metavar="N|ROWS",
               help="Rows checked: a count spread evenly over the volume, or detector rows "
                    "(e.g. 100,250).")

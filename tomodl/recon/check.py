@@ -30,9 +30,12 @@ logger = logging.getLogger(__name__)
 
 #: Rows checked by default: this many, spread evenly over the selected rows.
 CHECK_ROWS = 8
-#: The automatic check (``check=None``) runs when the volume has at least this many rows per
-#: checked row, so that it costs well below a quarter of the run (``docs/usage.md``).
-AUTO_ROWS_PER_CHECKED = 8
+#: The automatic check (``check=None``) checks at most one row in this many (and at least 2
+#: rows), so that it costs below about a quarter of the run (a checked row costs about 4.4
+#: reconstructed rows with :data:`FOLDS` folds; ``docs/usage.md``).
+AUTO_ROWS_PER_CHECKED = 20
+#: Folds of a file run's check (every angle set aside once: the map has all directions).
+FOLDS = 4
 #: The map's grey scale in the PNG: +-this fraction of the slice's 1-99 % grey range.
 MAP_RANGE = 0.2
 
@@ -90,12 +93,17 @@ class CheckResult:
 def heldout_scores(images, y_held, projector) -> np.ndarray:
     """Scores ``(B,)`` of images ``(B, N, N)`` against measured ``y_held (B, n_held, n_det)``
     at the projector's angles (see the module docstring)."""
+    num, den = _squared_norms(images, y_held, projector)
+    return np.sqrt(num / np.maximum(den, 1e-60))
+
+
+def _squared_norms(images, y_held, projector):
+    """``(||D(P x - y)||^2, ||D y||^2)``, each ``(B,)`` float64."""
     p = projector.forward(images)
     y = p.new_tensor(np.asarray(y_held))
-    r = p - y
-    num = _ddet(r).square().sum(dim=(-2, -1)).sqrt()
-    den = _ddet(y).square().sum(dim=(-2, -1)).sqrt().clamp(min=1e-30)
-    return (num / den).double().cpu().numpy()
+    num = _ddet(p - y).square().sum(dim=(-2, -1))
+    den = _ddet(y).square().sum(dim=(-2, -1))
+    return num.double().cpu().numpy(), den.double().cpu().numpy()
 
 
 def _residual(images, y_held, projector):
@@ -107,47 +115,74 @@ def _ddet(s):
     return s[..., 1:] - s[..., :-1]
 
 
+def holdout_folds(n_angles: int, folds: int = 1):
+    """``[(kept, set_aside), ...]``: the interleaved split of
+    :func:`tomodl.recon.refine.holdout_split` and, for ``folds`` > 1, the same split shifted
+    by one angle per fold (at most :data:`~tomodl.recon.refine.HOLDOUT_EVERY` folds: then every
+    angle is set aside once).  Raises TomodlError when the scan has too few angles."""
+    from tomodl.recon.refine import HOLDOUT_EVERY, holdout_split
+
+    split = holdout_split(n_angles)
+    if split is None:
+        raise TomodlError(f"{n_angles} angles are too few to set any aside for the check",
+                          fix="check scans with at least 8 projections")
+    idx, held0 = np.arange(n_angles), split[1]
+    out = [split]
+    for j in range(1, min(int(folds), HOLDOUT_EVERY)):
+        held = (held0 + j) % n_angles
+        out.append((np.setdiff1d(idx, held), np.sort(held)))
+    return out
+
+
 def check_sinograms(sinos, theta, centers, step: Optional[Callable] = None, *,
                     filter_name: str = "shepp", num_gridx: Optional[int] = None,
-                    rows: Optional[Sequence[int]] = None, ncore=None) -> CheckResult:
+                    rows: Optional[Sequence[int]] = None, device: str = "cpu", ncore=None,
+                    folds: int = 1) -> CheckResult:
     """Run the check on sinograms ``(B, n_angles, n_det)`` (float32 line integrals).
 
     ``centers``: a float or one per sinogram; ``step(slices (B, N, N), device=, ncore=)``: the
     network step (:meth:`~tomodl.recon.denoising.ModelSpec.step`) or None for FBP only.
-    Computed on the CPU (a few rows).  Raises TomodlError when the scan has too few angles
-    to set any aside (fewer than 8).
+    ``folds`` (1-4, :func:`holdout_folds`): each fold costs one FBP and one network pass per
+    row; scores pool the folds' residuals, the map sums the folds' maps (more set-aside
+    directions: fewer streaks) and ``images`` are the first fold's.  FBP and network run on
+    ``device``, the projections on the CPU (matrix-free: a few rows).  Raises TomodlError
+    when the scan has fewer than 8 angles.
     """
     from tomodl.recon.fbp import fbp
-    from tomodl.recon.refine import holdout_split, projector_for
+    from tomodl.recon.projector import ParallelProjector
 
     s = np.asarray(sinos, dtype=np.float32)
     th = np.asarray(theta, dtype=np.float64)
     if s.ndim != 3 or s.shape[1] != th.size:
         raise TomodlError(f"check needs sinograms (rows, n_angles={th.size}, n_det), got "
                           f"shape {s.shape}")
-    split = holdout_split(th.size)
-    if split is None:
-        raise TomodlError(f"{th.size} angles are too few to set any aside for the check",
-                          fix="check scans with at least 8 projections")
-    keep, held = split
+    splits = holdout_folds(th.size, folds)
     c = np.broadcast_to(np.asarray(centers, dtype=np.float64), (s.shape[0],))
-    n = int(num_gridx or s.shape[2])
-    rec = np.asarray(fbp(s[:, keep], th[keep], c, filter_name=filter_name, num_gridx=n,
-                         device="cpu", ncore=ncore), dtype=np.float32)
-    proj = projector_for(n, th[held], s.shape[2], c, "cpu")
-    y = s[:, held]
-    f_scores = heldout_scores(rec, y, proj)
-    net_scores, img = None, rec
-    if step is not None:
-        img = np.asarray(step(rec, device="cpu", ncore=ncore), dtype=np.float32)
-        net_scores = heldout_scores(img, y, proj)
-    maps = disagreement_map(img, y, th[held], proj, filter_name=filter_name)
-    return CheckResult(tuple(int(r) for r in (range(s.shape[0]) if rows is None else rows)),
-                       tuple(int(h) for h in held), f_scores, net_scores, img, maps)
+    n, b = int(num_gridx or s.shape[2]), s.shape[0]
+    recs = np.concatenate([fbp(s[:, keep], th[keep], c, filter_name=filter_name, num_gridx=n,
+                               device=device, ncore=ncore) for keep, _ in splits])
+    recs = np.asarray(recs, dtype=np.float32)
+    nets = None if step is None else \
+        np.asarray(step(recs, device=device, ncore=ncore), dtype=np.float32)  # one batch
+    acc = np.zeros((3, b))                            # FBP num, network num, den
+    maps = np.zeros((b, n, n), np.float32)
+    for j, (_, held) in enumerate(splits):
+        proj = ParallelProjector(n, th[held], s.shape[2], float(c[0]) if np.all(c == c[0])
+                                 else c, backend="grid")  # matrix-free: no set-up
+        y, img = s[:, held], (recs if nets is None else nets)[j * b:(j + 1) * b]
+        f_num, den = _squared_norms(recs[j * b:(j + 1) * b], y, proj)
+        acc += np.stack([f_num, 0 * f_num if nets is None else _squared_norms(img, y, proj)[0],
+                         den])
+        maps += disagreement_map(img, y, th[held], proj) * (len(held) / th.size)
+    den = np.maximum(acc[2], 1e-60)
+    return CheckResult(tuple(int(r) for r in (range(b) if rows is None else rows)),
+                       tuple(int(h) for h in splits[0][1]), np.sqrt(acc[0] / den),
+                       None if step is None else np.sqrt(acc[1] / den),
+                       (recs if nets is None else nets)[:b], maps)
 
 
 def disagreement_map(images, y_held, theta_held, projector, *,
-                     filter_name: str = "shepp") -> np.ndarray:
+                     filter_name: str = "parzen") -> np.ndarray:
     """Filtered back-projection (``projector``'s adjoint, scaled as FBP) of the residual
     ``P_held images - y_held`` at the set-aside angles, ``(B, N, N)``: where the images
     contradict the set-aside measurements (positive: more than measured)."""
@@ -163,7 +198,8 @@ def disagreement_map(images, y_held, theta_held, projector, *,
 
 def check(tomo, theta, center=None, *, algorithm: str = "fbp+resattunet", rows=None,
           sinogram_order: bool = False, filter_name: str = "shepp", model=None,
-          num_gridx: Optional[int] = None, ncore=None) -> CheckResult:
+          num_gridx: Optional[int] = None, folds: int = FOLDS, device: str = "auto",
+          ncore=None) -> CheckResult:
     """Measure how consistent FBP and the network are with set-aside measured angles.
 
     Parameters
@@ -179,6 +215,10 @@ def check(tomo, theta, center=None, *, algorithm: str = "fbp+resattunet", rows=N
         ``"fbp"`` or ``"fbp+<model>"`` (as :func:`tomodl.recon`); ``model``: weights.
     rows : int or sequence of int, optional
         Rows to check: an int N checks N rows spread evenly (default :data:`CHECK_ROWS`).
+    folds : int
+        1-4 (:func:`check_sinograms`): 4 sets every angle aside once (the default).
+    device, ncore : str, int
+        Where FBP and the network run.
 
     Returns
     -------
@@ -194,9 +234,9 @@ def check(tomo, theta, center=None, *, algorithm: str = "fbp+resattunet", rows=N
     c = c if c.ndim == 0 else c[list(picked)]
     n = int(num_gridx or sino.shape[2])
     step = load_model_step(parse_algorithm(algorithm), {"model": model}, filter_name, th,
-                           device="cpu", n_grid=n)
+                           device=device, n_grid=n)
     res = check_sinograms(sino[list(picked)], th, c, step, filter_name=filter_name,
-                          num_gridx=n, rows=picked, ncore=ncore)
+                          num_gridx=n, rows=picked, device=device, ncore=ncore, folds=folds)
     logger.info("%s", res.summary())
     return res
 
@@ -272,16 +312,17 @@ def parse_rows(text) -> Union[int, Tuple[int, ...]]:
 
 
 def wanted_rows(cfg, rows, has_network: bool) -> Tuple[int, ...]:
-    """The rows to check in a file run: none when ``cfg.check`` is False, or when it is None
-    (auto) and there is no network or fewer than :data:`AUTO_ROWS_PER_CHECKED` rows per
-    checked row (then the check would cost more than about a quarter of the run)."""
+    """The rows to check in a file run: none when ``cfg.check`` is False; when it is None
+    (auto) none without a network, else ``cfg.check_rows`` capped at one row in
+    :data:`AUTO_ROWS_PER_CHECKED` (none when that leaves fewer than 2)."""
     start, stop = rows
     sel = parse_rows(cfg.check_rows)
     if cfg.check is False or cfg.reconstruction_type == "try":
         return ()
     if cfg.check is None:
-        k = sel if isinstance(sel, int) else len(sel)
-        if not has_network or stop - start < AUTO_ROWS_PER_CHECKED * k:
+        cap = (stop - start) // AUTO_ROWS_PER_CHECKED
+        sel = min(sel, cap) if isinstance(sel, int) else sel
+        if not has_network or cap < 2 or (not isinstance(sel, int) and len(sel) > cap):
             return ()
     return spread_rows(start, stop, sel)
 
@@ -311,7 +352,7 @@ def run_check(path, info, cfg, center: float, rows, step) -> Optional[CheckResul
     try:
         res = check_sinograms(np.stack(sinos), scan.theta, center, step,
                               filter_name=cfg.filter_name, num_gridx=info.n_det, rows=picked,
-                              ncore=cfg.ncore)
+                              device=cfg.device, ncore=cfg.ncore, folds=FOLDS)
     except TomodlError as err:
         logger.warning("check skipped: %s", err.problem)
         return None

@@ -89,8 +89,8 @@ class ReconConfig:
         Check FBP and the network against set-aside measured angles before the volume
         (:mod:`tomodl.recon.check`): scores in the provenance, maps in ``<out>_check/``, and
         with the default algorithm and shipped weights the FBP is kept where the network is
-        less consistent.  ``None`` (default): on with a network when the volume has at least
-        :data:`tomodl.recon.check.AUTO_ROWS_PER_CHECKED` rows per checked row.
+        less consistent.  ``None`` (default): on with a network, checking at most one row in
+        :data:`tomodl.recon.check.AUTO_ROWS_PER_CHECKED` (off below 2 rows).
     check_rows : int or tuple of int
         Rows checked: a count spread evenly over the selected rows (default 8), or the rows.
     """

@@ -117,7 +117,8 @@ class TrainConfig:
         _check_values(self)
 
     def check_files(self) -> None:
-        """Raise :class:`ConfigError` unless every data file exists."""
+        """Raise :class:`ConfigError` (or :class:`PairsFileError`) unless every data file is a
+        readable pairs file with a ``train`` split."""
         if not self.data:
             raise ConfigError("no training data: set data = [\"pairs.h5\"] in the config "
                               "or --set data=pairs.h5")
@@ -125,6 +126,10 @@ class TrainConfig:
             if not Path(p).is_file():
                 raise ConfigError(f"data file {p!r} does not exist; write one with "
                                   "`tomodl simulate pairs` or fix `data` in the config")
+        from tomodl.training.data import split_shape
+
+        for p in self.data:         # readable pairs files with a train split, before any output
+            split_shape(str(p), "train")
 
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict (lists instead of tuples), ready for JSON or TOML."""
@@ -193,25 +198,31 @@ def _check_values(cfg: TrainConfig) -> None:
             Policy.from_dict(dict(cfg.normalization))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key 'normalization': {err}") from None
-    _check_network(cfg)
+    check_network(cfg.arch, cfg.model_args)
 
 
-def _check_network(cfg: TrainConfig) -> None:
-    """``arch`` and ``model_args`` through the check applied to weights folders
-    (:func:`tomodl.models.checks.check_model_args`, and the parameter count on torch's ``meta``
-    device), so that a network too large to build stops here, before anything is allocated."""
+def check_network(arch: str, model_args: Mapping[str, Any], source: str = "training config",
+                  fix: str = "fix [model_args] in the config or --set model_args.KEY=VALUE",
+                  arch_field: str = "config key 'arch'") -> None:
+    """Raise :class:`ConfigError` unless ``arch`` and ``model_args`` describe a network that
+    a weights folder could hold.
+
+    The check applied to weights folders (:func:`tomodl.models.checks.check_model_args`, and the
+    parameter count on torch's ``meta`` device), so that a network too large to build stops
+    here, before anything is allocated.  ``source`` and ``fix`` start and end the message
+    (``arch_field`` starts that of an unknown ``arch``).
+    """
     from tomodl.errors import WeightsError
     from tomodl.models.checks import check_model_args, expected_tensors
     from tomodl.models.registry import check_model_name
 
     try:
-        check_model_name(cfg.arch)
+        check_model_name(arch)
     except ValueError as err:
-        raise ConfigError(f"config key 'arch': {err}") from None
-    fix = "fix [model_args] in the config or --set model_args.KEY=VALUE"
+        raise ConfigError(f"{arch_field}: {err}") from None
     try:
-        args = check_model_args(cfg.arch, dict(cfg.model_args), "training config", fix)
-        expected_tensors(cfg.arch, args, "training config", fix)
+        args = check_model_args(arch, dict(model_args), source, fix)
+        expected_tensors(arch, args, source, fix)
     except WeightsError as err:
         raise ConfigError(str(err)) from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,9 +27,24 @@ from tomodl.sim.pairs import SPLITS  # noqa: F401  (re-exported: the pairs file'
 logger = logging.getLogger(__name__)
 
 
+def open_pairs(path: str) -> h5py.File:
+    """Open a pairs file read-only; a missing, non-HDF5 or corrupt file is one
+    :class:`PairsFileError` line naming the file and the fix."""
+    if not os.path.isfile(path):
+        raise PairsFileError(f"{path}: no such pairs file; make one with `tomodl simulate pairs`")
+    if not h5py.is_hdf5(path):
+        raise PairsFileError(f"{path}: not an HDF5 pairs file (no HDF5 signature); make one "
+                             "with `tomodl simulate pairs`")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise PairsFileError(f"{path}: cannot be opened, it is truncated or corrupt ({err}); "
+                             "make it again with `tomodl simulate pairs`") from None
+
+
 def read_metadata(path: str) -> Dict:
     """The JSON ``metadata`` root attribute of a pairs file (``{}`` when absent)."""
-    with h5py.File(path, "r") as f:
+    with open_pairs(path) as f:
         raw = f.attrs.get("metadata")
     if raw is None:
         return {}
@@ -53,7 +69,7 @@ def policy_for(paths: Sequence[str], explicit: Optional[Dict] = None) -> Policy:
 
 def split_shape(path: str, split: str) -> Tuple[int, int, int]:
     """``(n, H, W)`` of a split, checking that ``input`` and ``target`` exist and agree."""
-    with h5py.File(path, "r") as f:
+    with open_pairs(path) as f:
         if split not in f:
             raise PairsFileError(f"{path}: no group /{split}; the pairs file has {sorted(f)}")
         g = f[split]
@@ -110,7 +126,7 @@ class SliceStore:
 
     def _group(self, k: int) -> h5py.Group:
         if k not in self._files:
-            self._files[k] = h5py.File(self.paths[k], "r")
+            self._files[k] = open_pairs(self.paths[k])
         return self._files[k][self.split]
 
     def _load(self, in_memory: bool) -> Tuple[np.ndarray, np.ndarray]:
