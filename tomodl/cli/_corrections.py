@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import click
 
-from tomodl.recon.corrections import BINNINGS, FW_FILTERS, Corrections
+from tomodl.recon.corrections import BINNINGS, FW_FILTERS, ROW_LOCAL, Corrections
 from tomodl.recon.stripes import STRIPE_METHODS
 
 _D = Corrections()
@@ -72,11 +72,19 @@ OPTIONS = (
 )
 
 
-def corrections_options(func):
-    """Add the :data:`OPTIONS` to a click command."""
+def corrections_options(func, names=None):
+    """Add the :data:`OPTIONS` (those of the fields ``names`` only, if given) to a click
+    command."""
     for name, kwargs in reversed(OPTIONS):
-        func = click.option(name, **kwargs)(func)
+        if names is None or name.split("/")[0][2:].replace("-", "_") in names:
+            func = click.option(name, **kwargs)(func)
     return func
+
+
+def row_local_options(func):
+    """Add the options of the row-local steps that change the FBP input (stripe removal,
+    dezinger: :data:`tomodl.recon.corrections.ROW_LOCAL`) to a click command."""
+    return corrections_options(func, ROW_LOCAL)
 
 
 def corrections_from(params: dict) -> Corrections:

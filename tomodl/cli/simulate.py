@@ -20,6 +20,7 @@ import click
 
 from tomodl.cli._common import (AliasOption, CliError, HiddenArgument, OneLineGroup,
                                 handle_errors)
+from tomodl.cli._corrections import corrections_from, row_local_options
 
 #: phantom families (kept in sync with tomodl.sim.families.FAMILIES by a test; listed here so
 #: that `--help` does not import numpy-heavy modules)
@@ -132,13 +133,17 @@ def foam(out: Optional[Path], out_path: Optional[Path], family: str, size: int, 
 @click.option("--overwrite", is_flag=True, help="Replace --out-path if tomodl wrote it.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: when stderr is a terminal).")
+@row_local_options
 @handle_errors
 def pairs(scans: Tuple[Path, ...], out: Path, sparse: str, filter_name: str, seed: int,
-          fractions: str, device: str, overwrite: bool, progress: Optional[bool]) -> None:
+          fractions: str, device: str, overwrite: bool, progress: Optional[bool],
+          **corrections) -> None:
     """Build (sparse-view FBP, ground truth) slice pairs from simulated SCANS.
 
     Each scan is one phantom; phantoms (never slices of one phantom) are split into
-    /train, /val and /test.
+    /train, /val and /test.  Stripe removal and dezinger are applied to the input
+    projections as `tomodl recon` applies them (train with them to apply the network after
+    them); binning and projection subsets are not offered here (use --size and --sparse).
     """
     from tomodl.sim.pairs import make_pairs
 
@@ -153,5 +158,5 @@ def pairs(scans: Tuple[Path, ...], out: Path, sparse: str, filter_name: str, see
         raise ValueError(f"--sparse expects integers like 20 or 4,10,20, got {sparse!r}") from None
     path = make_pairs(list(scans), out, sparse=factors, filter_name=filter_name, seed=seed,
                       fractions=frac, overwrite=overwrite, device=device,
-                      progress=_progress(progress))
+                      progress=_progress(progress), corrections=corrections_from(corrections))
     click.echo(f"wrote {path}: {len(scans)} phantoms, 1 in {sparse} angles")

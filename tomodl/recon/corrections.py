@@ -156,6 +156,28 @@ class Corrections:
 
 NO_CORRECTIONS = Corrections()
 
+#: Parameters of each ``remove_stripe_method``.
+STRIPE_PARAMS = {"none": (), "fw": ("fw_sigma", "fw_filter", "fw_level", "fw_pad"),
+                 "ti": ("ti_beta", "ti_mask"),
+                 "vo-all": ("vo_all_snr", "vo_all_la_size", "vo_all_sm_size")}
+#: Options of the row-local steps that change the FBP input without changing the geometry
+#: (stripe removal, dezinger): what the simulator's training pairs apply too
+#: (:func:`tomodl.sim.pairs.make_pairs`).
+ROW_LOCAL = ("remove_stripe_method", *(p for ps in STRIPE_PARAMS.values() for p in ps),
+             "dezinger", "dezinger_threshold")
+
+
+def row_local(corr: Corrections) -> dict:
+    """The row-local steps of ``corr`` that act, with the parameters that matter (``{}``: none);
+    equal records mean the FBP sees the same input."""
+    out = {}
+    if corr.remove_stripe_method != "none":
+        out["remove_stripe_method"] = corr.remove_stripe_method
+        out.update({p: getattr(corr, p) for p in STRIPE_PARAMS[corr.remove_stripe_method]})
+    if corr.dezinger:
+        out.update(dezinger=corr.dezinger, dezinger_threshold=corr.dezinger_threshold)
+    return out
+
 
 def remove_outlier(arr, dif: float, size: int = 3) -> np.ndarray:
     """Replace bright outliers (zingers) by the local median (TomoPy's ``remove_outlier``).

@@ -98,7 +98,8 @@ class ModelSpec:
 def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
                   batch_size: Optional[int], device: str, filter_name: str,
                   n_grid: int, n_angles: Optional[float] = None,
-                  sparse: Optional[int] = None) -> Tuple[Optional[ModelSpec], Any, Optional[str]]:
+                  sparse: Optional[int] = None, corrections: Any = None
+                  ) -> Tuple[Optional[ModelSpec], Any, Optional[str]]:
     """Load the denoiser of a run once and describe it; ``(None, None, None)`` without one.
 
     The one set-up of the network for the command line and the Python API: the same release
@@ -121,6 +122,9 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
     n_angles, sparse : optional
         Projections per half turn of the scan and its nominal subsampling; with ``model=None``
         they choose among the shipped weights (:func:`tomodl.models.releases.select_weights`).
+    corrections : Corrections, optional
+        Pre-processing of the run's raw scan; a difference in stripe removal or dezinger from
+        what the weights' training pairs recorded is logged (None: not checked).
 
     Returns
     -------
@@ -146,6 +150,8 @@ def prepare_model(arch: Optional[str], model: Any, *, dtype: Optional[str],
     if skipped is not None:
         return None, None, skipped
     _warn_mismatch(arch, den, filter_name, sparse)
+    if corrections is not None:
+        _warn_corrections(arch, den, corrections)
     dev = resolve_device(device)
     cdtype = resolve_dtype(dtype or "auto", dev)
     memory = denoiser_memory(den.module, n_grid, cdtype) if dev.type == "cpu" else None
@@ -166,3 +172,46 @@ def _warn_mismatch(arch: str, den: Any, filter_name: str, sparse: Optional[int])
     if den.filter_name is not None and den.filter_name != filter_name:
         logger.warning("the %s weights were trained on FBP with filter %r, not %r", arch,
                        den.filter_name, filter_name)
+
+
+def trained_corrections(config: Any) -> Optional[Dict[str, Any]]:
+    """The row-local corrections (:func:`tomodl.recon.corrections.row_local`) of the training
+    pairs recorded in a weights config (``extra.pairs_metadata``; pairs files without the
+    ``corrections`` record had none), or None when nothing usable is recorded."""
+    from dataclasses import fields
+
+    from tomodl.recon.corrections import Corrections, row_local
+
+    extra = getattr(config, "extra", None)
+    meta = extra.get("pairs_metadata") if isinstance(extra, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != "tomodl-pairs":
+        return None
+    recorded = meta.get("corrections", {})
+    if not isinstance(recorded, dict):
+        return None
+    names = {f.name for f in fields(Corrections)}
+    try:
+        return row_local(Corrections(**{k: v for k, v in recorded.items() if k in names}))
+    except (TypeError, ValueError):
+        return None
+
+
+def _warn_corrections(arch: str, den: Any, corrections: Any) -> None:
+    """Warn where the run's stripe removal or dezinger differs from the training pairs'."""
+    from tomodl.recon.corrections import row_local
+
+    trained = trained_corrections(den.config)
+    run = row_local(corrections)
+    if trained is None or trained == run:
+        return
+
+    def say(steps):
+        return ", ".join(f"{k}={v}" for k, v in steps.items()) or "no stripe removal or dezinger"
+
+    # Weights trained without corrections saw rings and zingers and learned to damp them: a run
+    # that removes them first feeds cleaner inputs, which is expected (the shipped weights), so
+    # that case is logged, not warned.  Weights trained *with* corrections do need them.
+    log = logger.info if not trained else logger.warning
+    log("the %s weights were trained on pairs with %s; this run uses %s: the network sees "
+        "inputs unlike its training (make pairs with the same options: tomodl simulate pairs "
+        "--remove-stripe-method ... --dezinger ...)", arch, say(trained), say(run))

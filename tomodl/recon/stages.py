@@ -94,7 +94,7 @@ def prepare_denoiser(cfg: ReconConfig, n_grid: int, theta=None):
     return prepare_model(parse_algorithm(cfg.algorithm).model, cfg.model, dtype=cfg.dtype,
                          batch_size=cfg.batch_size, device=cfg.device,
                          filter_name=cfg.filter_name, n_grid=n_grid, n_angles=n180,
-                         sparse=cfg.sparse)
+                         sparse=cfg.sparse, corrections=cfg.corrections)
 
 
 def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,

@@ -5,13 +5,21 @@ Input: the FBP of every ``sparse``-th angle of a simulated scan (with several fa
 ``i`` of phantom ``k`` uses ``sparse[(i + k) % len(sparse)]``, so one file teaches a network
 every angular sampling in it), computed by the reconstruction
 pipeline's own stages (:func:`tomodl.io.dxchange.read_dx` -> normalize -> ``-log`` -> FBP, i.e.
-:func:`tomodl.recon.pipeline.preprocess_chunk` and
-:func:`~tomodl.recon.pipeline.reconstruct_chunk`), so the network sees at training exactly what
+:func:`tomodl.recon.stages.preprocess_chunk` and
+:func:`~tomodl.recon.stages.reconstruct_chunk`), so the network sees at training exactly what
 ``tomodl recon`` feeds it at inference.
 Target: the scan's ground-truth slice (same grid, attenuation per pixel).
 
-The projection-level steps of ``tomodl recon`` (issue 14) are not applied here, and what each
-would change for the network: ``--retrieve-phase-method paganin`` low-pass filters every
+The row-local steps of ``tomodl recon`` (issue 14) that change what the network sees, stripe
+removal (``--remove-stripe-method``) and ``--dezinger``, are applied when asked for
+(``corrections``, a :class:`tomodl.recon.corrections.Corrections`), by the same stage
+(:func:`~tomodl.recon.stages.preprocess_chunk`) on the same sparse projections, and recorded in
+the metadata; train on such pairs to apply the network after the same corrections.  Binning
+and the projection subset are refused (binning would need a binned ground truth: simulate the
+smaller scan instead; the angles of the input are chosen by ``sparse``).
+
+The projection-level steps are not applied here, and what each would change for the network:
+``--retrieve-phase-method paganin`` low-pass filters every
 projection (the FBP input is smoother, its streaks weaker and wider: pairs for Paganin data
 would apply :func:`tomodl.recon.phase.retrieve_phase` to the simulated transmission, with the
 target blurred by the same filter, since Paganin cannot restore the detail it removes);
@@ -35,6 +43,7 @@ import numpy as np
 
 import tomodl
 from tomodl.normalization import Policy
+from tomodl.recon.corrections import NO_CORRECTIONS, ROW_LOCAL, Corrections
 from tomodl.sim.config import SimulationError
 from tomodl.sim.scan import read_ground_truth
 
@@ -45,6 +54,21 @@ SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
 PAIRS_FORMAT = "tomodl-pairs"
 PAIRS_FORMAT_VERSION = 1
+#: Why the other options of ``tomodl recon`` are refused for pairs (field -> reason).
+_REFUSED = {
+    "binning": "binning changes the grid and the ground truth would have to be binned too; "
+               "simulate the smaller scan instead (tomodl simulate foam --size)",
+    "start_proj": "the angles of the input are chosen by sparse (--sparse), not by a "
+                  "projection subset",
+    "retrieve_phase_method": "phase retrieval needs a different simulation (a target blurred "
+                             "by the same filter; see tomodl.sim.pairs)",
+    "file_type": "double_fov needs a simulated offset-axis 360-degree scan (see "
+                 "tomodl.sim.pairs)"}
+_REFUSED.update(end_proj=_REFUSED["start_proj"], proj_step=_REFUSED["start_proj"],
+                energy=_REFUSED["retrieve_phase_method"],
+                propagation_distance=_REFUSED["retrieve_phase_method"],
+                pixel_size=_REFUSED["retrieve_phase_method"],
+                retrieve_phase_alpha=_REFUSED["retrieve_phase_method"])
 
 
 def split_counts(n: int, fractions: Sequence[float] = FRACTIONS) -> Tuple[int, int, int]:
@@ -78,9 +102,26 @@ def split_by_phantom(n: int, seed: int, fractions: Sequence[float] = FRACTIONS) 
     return labels[np.argsort(np.random.default_rng(seed).permutation(n))]
 
 
+def check_corrections(corrections: Corrections) -> Corrections:
+    """``corrections`` if pairs can apply it: only the row-local steps (:data:`ROW_LOCAL`)."""
+    if not isinstance(corrections, Corrections):
+        raise SimulationError("corrections must be a tomodl.recon.corrections.Corrections, got "
+                              f"{type(corrections).__name__}")
+    bad = [k for k in corrections.active() if k not in ROW_LOCAL]
+    if bad:
+        reasons = dict.fromkeys(_REFUSED.get(k, "not a row-local step") for k in bad)
+        raise SimulationError(f"pairs apply only stripe removal and dezinger, not "
+                              f"{', '.join(bad)}: {'; '.join(reasons)}")
+    return corrections
+
+
 def sparse_fbp(path: Any, sparse: int, *, center: float, filter_name: str = "shepp",
-               device: str = "auto", ncore=None) -> Tuple[np.ndarray, np.ndarray]:
+               device: str = "auto", ncore=None,
+               corrections: Corrections = NO_CORRECTIONS) -> Tuple[np.ndarray, np.ndarray]:
     """FBP of every ``sparse``-th projection of a scan file, through the recon pipeline's stages.
+
+    ``corrections`` (row-local steps only, :func:`check_corrections`) are applied to those
+    projections as ``tomodl recon --proj-step sparse`` does.
 
     Returns
     -------
@@ -90,7 +131,8 @@ def sparse_fbp(path: Any, sparse: int, *, center: float, filter_name: str = "she
         The angles used, radians.
     """
     from tomodl.io.dxchange import read_dx, scan_info
-    from tomodl.recon.pipeline import ReconConfig, preprocess_chunk, reconstruct_chunk
+    from tomodl.recon.config import ReconConfig
+    from tomodl.recon.stages import preprocess_chunk, reconstruct_chunk
 
     n_angles = scan_info(path).n_angles
     if sparse < 1 or sparse > n_angles:
@@ -99,11 +141,13 @@ def sparse_fbp(path: Any, sparse: int, *, center: float, filter_name: str = "she
     scan = read_dx(path, proj=(0, n_angles, sparse))
     cfg = ReconConfig(algorithm="fbp", center=float(center), filter_name=filter_name,
                       device=device, ncore=ncore)
-    rec = reconstruct_chunk(preprocess_chunk(scan, path), scan.theta, float(center), cfg)
+    proj = preprocess_chunk(scan, path, check_corrections(corrections))
+    rec = reconstruct_chunk(proj, scan.theta, float(center), cfg)
     return rec, scan.theta
 
 
-def _source(path: Any, sparse: Sequence[int], phantom: int, filter_name: str, device: str, ncore
+def _source(path: Any, sparse: Sequence[int], phantom: int, filter_name: str, device: str, ncore,
+            corrections: Corrections = NO_CORRECTIONS
             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, Any]]:
     """Inputs (slice ``i`` from factor ``sparse[(i + phantom) % len]``), targets, angle counts."""
     gt, meta = read_ground_truth(path)
@@ -115,7 +159,7 @@ def _source(path: Any, sparse: Sequence[int], phantom: int, filter_name: str, de
         if not np.any(which == j):
             continue
         r, theta = sparse_fbp(path, factor, center=center, filter_name=filter_name,
-                              device=device, ncore=ncore)
+                              device=device, ncore=ncore, corrections=corrections)
         if r.shape != gt.shape:
             raise SimulationError(f"{str(path)!r}: FBP slices {r.shape} and ground truth "
                                   f"{gt.shape} differ; the scan was not written by "
@@ -147,12 +191,17 @@ def _append(g, rec: np.ndarray, gt: np.ndarray, n_angles: np.ndarray, phantom: i
 
 
 def _metadata(sources: List[Dict[str, Any]], sparse: Sequence[int], filter_name: str, seed: int,
-              fractions: Sequence[float]) -> Dict[str, Any]:
+              fractions: Sequence[float], corrections: Corrections = NO_CORRECTIONS
+              ) -> Dict[str, Any]:
     """The root ``metadata`` of a pairs file (see docs/architecture.md).
 
     ``sparse_factor`` is the single factor (``None`` for a mixed file); ``sparse_factors`` lists
-    all of them and ``n_angles`` the angle counts of the inputs.
+    all of them and ``n_angles`` the angle counts of the inputs; ``corrections`` every option of
+    :class:`~tomodl.recon.corrections.Corrections` (the defaults: none applied).
     """
+    read = "read_dx(scan, proj=(0, n, sparse))"
+    steps = (f"fbp(line_integrals(normalize(correct_raw({read})), corrections))"
+             if corrections.active() else f"fbp(minus_log(normalize({read})))")
     n_angles = sorted({n for s in sources for n in s["n_angles_used"]})
     return {"format": PAIRS_FORMAT, "format_version": PAIRS_FORMAT_VERSION,
             "sparse_factor": int(sparse[0]) if len(sparse) == 1 else None,
@@ -163,14 +212,16 @@ def _metadata(sources: List[Dict[str, Any]], sparse: Sequence[int], filter_name:
             "fractions": [float(x) for x in fractions],
             "seeds": [s["seed"] for s in sources], "sources": sources,
             "units": "attenuation per pixel",
-            "input": "fbp(minus_log(normalize(read_dx(scan, proj=(0, n, sparse)))))",
+            "input": steps,
+            "corrections": corrections.provenance(),
             "tomodl_version": tomodl.__version__}
 
 
 def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[int]] = 20,
                filter_name: str = "shepp",
                seed: int = 0, fractions: Sequence[float] = FRACTIONS, overwrite: bool = False,
-               device: str = "auto", ncore=None, progress: bool = False) -> Path:
+               device: str = "auto", ncore=None, progress: bool = False,
+               corrections: Corrections = NO_CORRECTIONS) -> Path:
     """Write a training-pairs file from simulated scans (one phantom each).
 
     Parameters
@@ -189,6 +240,9 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
         Seed of the split by phantom.
     fractions : (float, float, float)
         Train / validation / test fractions of the phantoms.
+    corrections : Corrections
+        Row-local steps of ``tomodl recon`` applied to the input projections (stripe removal,
+        dezinger; anything else is refused), recorded in the metadata.
 
     Returns
     -------
@@ -205,6 +259,7 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
     factors = [int(sparse)] if np.isscalar(sparse) else [int(k) for k in sparse]
     if not factors or min(factors) < 1:
         raise SimulationError(f"sparse factors must be integers >= 1, got {sparse}")
+    check_corrections(corrections)
     check_replace(out, overwrite=overwrite, kinds=("pairs",), protected=scans)
     labels = split_by_phantom(len(scans), seed, fractions)
     sources: List[Dict[str, Any]] = []
@@ -212,7 +267,8 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
             h5py.File(tmp, "w") as f:
         f.attrs[MARK_ATTR] = "pairs"
         for k, path in enumerate(tqdm(scans, desc="pairs", unit="scan", disable=not progress)):
-            rec, gt, n_used, info = _source(path, factors, k, filter_name, device, ncore)
+            rec, gt, n_used, info = _source(path, factors, k, filter_name, device, ncore,
+                                            corrections)
             if k == 0:
                 _create(f, gt.shape[1:])
             elif gt.shape[1:] != f["train/target"].shape[1:]:
@@ -220,6 +276,7 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
                                       f"{f['train/target'].shape[1:]}: use scans of one size")
             _append(f[SPLITS[labels[k]]], rec, gt, n_used, k)
             sources.append({**info, "phantom": k, "split": SPLITS[labels[k]]})
-        f.attrs["metadata"] = json.dumps(_metadata(sources, factors, filter_name, seed, fractions))
+        f.attrs["metadata"] = json.dumps(_metadata(sources, factors, filter_name, seed, fractions,
+                                                   corrections))
     logger.info("wrote %s: %s", out, {s: int((labels == i).sum()) for i, s in enumerate(SPLITS)})
     return Path(out)
