@@ -217,3 +217,17 @@ def test_refine_objective_decreases_and_iterates_converge(scan):
     dist = [float((solve(proj, y, x0, w, k) - x_star).norm()) for k in (5, 10, 20, 40, 80)]
     assert all(b <= a for a, b in zip(dist, dist[1:])), dist
     assert dist[-1] < 0.1 * dist[0]
+
+
+def test_default_tv_weight_grows_with_undersampling(scan):
+    """``weight=None`` (the default) = ``default_weight(N, n_angles)``: more TV for fewer
+    angles, and the provenance names the rule."""
+    from tomodl.recon.refine import default_weight
+
+    _, sino, _, net = scan
+    assert default_weight(256, 18) > default_weight(256, 36) > default_weight(256, 90)
+    assert abs(default_weight(256, 90) - 0.05 * np.sqrt(np.pi * 256 / 180)) < 1e-12
+    ours = refine(net, sino, THETA, iterations=5)
+    explicit = refine(net, sino, THETA, iterations=5, weight=default_weight(N, len(THETA)))
+    np.testing.assert_array_equal(ours, explicit)
+    assert "sqrt" in RefineSettings(iterations=5).provenance()["weight"]

@@ -39,10 +39,14 @@ logger = logging.getLogger(__name__)
 #: Default relative TV weight of :func:`tv_reconstruct` and iterations (issue 16's baseline).
 TV_WEIGHT = 0.02
 TV_ITERATIONS = 300
-#: Defaults of :func:`refine`: iterations, relative proximity and TV weights.
-REFINE_ITERATIONS = 30
+#: Defaults of :func:`refine`: iterations (a fifth of :data:`TV_ITERATIONS`) and the relative
+#: proximity weight.  The relative TV weight defaults to ``REFINE_WEIGHT_SCALE * sqrt(U)``
+#: with ``U = pi N / (2 n_angles)`` the angular undersampling (:func:`default_weight`):
+#: fewer angles, stronger streaks, more TV (measured on the simulated families, docs/refine.md).
+REFINE_ITERATIONS = 60
 REFINE_PRIOR = 3.0
-REFINE_WEIGHT = 0.1
+REFINE_WEIGHT = None
+REFINE_WEIGHT_SCALE = 0.05
 #: ``(prior, weight)`` pairs that :func:`select_weights` chooses among, with held-out angles
 #: (one in ``HOLDOUT_EVERY``) and iterations per candidate.
 CANDIDATES = ((0.3, 0.03), (1.0, 0.1), (3.0, 0.03), (3.0, 0.1), (10.0, 0.03), (10.0, 0.1))
@@ -112,6 +116,13 @@ def intensity_range(x):
     r = hi - lo
     scale = inside.abs().amax(dim=1)
     return torch.where(r > 1e-6 * scale, r, torch.clamp(scale, min=1e-12))
+
+
+def default_weight(n: int, n_angles: int) -> float:
+    """Default relative TV weight of :func:`refine` for ``N = n`` px and ``n_angles``:
+    ``REFINE_WEIGHT_SCALE * sqrt(pi n / (2 n_angles))`` (0.106 / 0.167 / 0.236 at 256 px and
+    90 / 36 / 18 angles)."""
+    return REFINE_WEIGHT_SCALE * float(np.sqrt(np.pi * n / (2.0 * max(int(n_angles), 1))))
 
 
 def absolute_weights(x_start, n_angles: int, weight, prior) -> Weights:
@@ -384,11 +395,12 @@ def refine(x_net, sino, theta, center=None, iterations: int = REFINE_ITERATIONS,
         As in :func:`tomodl.recon.fbp.fbp`.
     iterations : int
         Primal-dual iterations (0 returns ``x_net`` unchanged).
-    prior, weight : "auto", float or array_like of shape (n_rows,)
+    prior, weight : "auto", float or array_like of shape (n_rows,); weight also None
         Relative proximity and TV weights (module docstring; the defaults were measured on
-        held-out simulated families, ``docs/refine.md``).  ``"auto"`` (both, experimental):
-        chosen by :func:`select_weights` on the middle row, by how well each candidate
-        predicts measured angles held out of its refinement.
+        held-out simulated families, ``docs/refine.md``); ``weight=None``:
+        :func:`default_weight` (grows with the angular undersampling).  ``"auto"`` (both,
+        experimental): chosen by :func:`select_weights` on the middle row, by how well each
+        candidate predicts measured angles held out of its refinement.
     nonneg : bool
         Constrain the result to be non-negative (absorption data).
     denoise : callable, optional
@@ -423,6 +435,8 @@ def refine(x_net, sino, theta, center=None, iterations: int = REFINE_ITERATIONS,
             with torch_threads(1 if y.device.type == "cpu" else None):
                 prior, weight, _ = select_weights(x[mid], y[mid], th, float(centers[mid]),
                                                   denoise=denoise, nonneg=nonneg)
+        if weight is None:
+            weight = default_weight(x.shape[-1], len(th))
         w = absolute_weights(x, len(th), weight, prior)
         return back(solve_rows(proj, y, x, w, iterations, nonneg=nonneg, ncore=ncore))
 
@@ -435,7 +449,7 @@ class RefineSettings:
     ----------
     iterations : int
         Primal-dual iterations per slice; 0 = off (the output is the network's, bit for bit).
-    prior, weight : float
+    prior, weight : float (weight also None: :func:`default_weight`)
         Relative proximity and TV weights (:func:`refine`).
     nonneg : bool
         Constrain the result to be non-negative.
@@ -452,6 +466,8 @@ class RefineSettings:
             raise TomodlError(f"refine must be a number of iterations >= 0 (0 = off), got {it!r}")
         for name in ("prior", "weight"):
             v = getattr(self, name)
+            if v is None and name == "weight":
+                continue
             if v != "auto" and (isinstance(v, str) or not np.isfinite(v) or v < 0):
                 raise TomodlError(f"refine {name} must be 'auto' or a finite number >= 0, "
                                   f"got {v!r}")
@@ -460,7 +476,10 @@ class RefineSettings:
         """The record stored with the output (None when off)."""
         if not self.iterations:
             return None
-        return {"iterations": int(self.iterations), "prior": self.prior, "weight": self.weight,
+        weight = self.weight
+        if weight is None:
+            weight = f"{REFINE_WEIGHT_SCALE:g} * sqrt(pi N / (2 n_angles))"
+        return {"iterations": int(self.iterations), "prior": self.prior, "weight": weight,
                 "nonneg": self.nonneg, "method": "preconditioned primal-dual, LS + prior + TV"}
 
 
