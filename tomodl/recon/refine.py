@@ -272,10 +272,10 @@ def select_weights(x_net, y, theta, center, *, denoise=None, iterations=SELECT_I
 
     Returns
     -------
-    (prior, weight, scores) : (float, float, list of float)
+    (prior, weight, scores) : (float, float or None, list of float)
         ``scores``: held-out residual of each candidate (detector-derivative L2, relative to
         that of its start), in :data:`CANDIDATES` order.  The defaults when the scan has too
-        few angles (``scores`` empty).
+        few angles (``scores`` empty; weight None = :func:`default_weight`).
     """
     import torch
 
