@@ -38,7 +38,7 @@ FW_FILTERS = ("haar", "db5", "sym5", "sym16")
 
 
 def _check_projection_steps(corr: Corrections) -> None:
-    """The phase-retrieval and double_fov options (H8: :mod:`tomodl.recon.phase`,
+    """The phase-retrieval and double_fov options (:mod:`tomodl.recon.phase`,
     :mod:`tomodl.recon.stitch`)."""
     from tomodl.recon.phase import PHASE_METHODS, check_phase_args
     from tomodl.recon.stitch import FILE_TYPES
