@@ -15,6 +15,8 @@ Usage::
     python scripts/bench_fbp.py                 # the four cases of the issue (several minutes)
     python scripts/bench_fbp.py --scale 0.25    # same angles/size ratios at a quarter size
     python scripts/bench_fbp.py --ratios        # gridrec / tomodl intensity ratio per filter
+    PYTHONPATH=/opt/tomopy-py python scripts/bench_fbp.py --vs-tomopy   # tomodl vs TomoPy only
+    python scripts/bench_fbp.py --breakdown     # tomodl's FBP stages at 2048 x 1500
 """
 from __future__ import annotations
 
@@ -89,12 +91,31 @@ def skimage_iradon(s, th, c):
 def tomopy_gridrec(s, th, c):
     import tomopy
 
-    return tomopy.recon(s, th, center=c, sinogram_order=True, algorithm="gridrec", ncore=2)
+    return tomopy.recon(s, th, center=c, sinogram_order=True, algorithm="gridrec",
+                        filter_name="shepp", ncore=2)
+
+
+def tomopy_gridrec_padded(s, th, c):
+    """gridrec on the detector padded to twice its width (edge values), cropped back to n x n.
+
+    ``tomopy.recon`` itself never pads beyond the next power of two >= n_det (``pdim`` in
+    gridrec.c), so at power-of-two widths gridrec's ramp has no zero padding; padding the
+    sinogram first (``tomopy.pad``) is the accurate way to call it.
+    """
+    import tomopy
+
+    n = s.shape[-1]
+    p = n // 2
+    rec = tomopy.recon(tomopy.pad(s, axis=2, npad=p, mode="edge", ncore=2), th,
+                       center=c + p, sinogram_order=True, algorithm="gridrec",
+                       filter_name="shepp", ncore=2)
+    return rec[:, p:p + n, p:p + n]
 
 
 def peers():
     found = {"tomodl fourier": tomodl_method("fourier"), "tomodl direct": tomodl_method("direct")}
     for mod, name, fn in (("tomopy", "TomoPy gridrec", tomopy_gridrec),
+                          ("tomopy", "TomoPy gridrec, padded 2x", tomopy_gridrec_padded),
                           ("astra", "ASTRA CPU FBP", astra_fbp),
                           ("algotom", "algotom FBP (numba)", algotom_fbp),
                           ("skimage", "scikit-image iradon", skimage_iradon)):
@@ -144,7 +165,7 @@ def errors(rec, n, align):
     mask = fov(n)
     rms = np.sqrt(np.mean((img - truth)[mask] ** 2) / np.mean(truth[mask] ** 2))
     flat = binary_erosion(np.isclose(truth, 0.012) & mask, iterations=4)
-    return float(rms), float(img[flat].mean() / 0.012)
+    return float(rms), float(img[flat].mean() / 0.012), float(img[flat].std() / 0.012)
 
 
 # ---------------------------------------------------------------- timing
@@ -156,13 +177,13 @@ def run_case(n, n_ang, methods, aligns, rows):
     for name, fn in methods.items():
         if name == "tomodl direct" and n * n * n_ang > 2048 * 2048 * 150:
             continue  # N^2 n_angles gather: minutes per slice at dense angles
-        batch = rows if name in ("tomodl fourier", "algotom FBP (numba)", "TomoPy gridrec") else 1
+        batch = rows if name.startswith(("tomodl fourier", "algotom", "TomoPy")) else 1
         for r in sorted({1, batch}) if name == "tomodl fourier" else [batch]:
             data = np.repeat(sino[None], r, axis=0)
             t0 = time.perf_counter()
             rec = np.asarray(fn(data, th, center))
             per_slice = (time.perf_counter() - t0) / r
-            rms, flat = errors(rec[0], n, aligns[name])
+            rms, flat, _ = errors(rec[0], n, aligns[name])
             results.append((f"{name} ({r} row{'s' if r > 1 else ''}/call)", per_slice, rms, flat))
     return results
 
@@ -174,6 +195,94 @@ def print_table(n, n_ang, results):
     print("|---|---|---|---|---|")
     for name, t, rms, flat in results:
         print(f"| {name} | {t:.3f} | {t / ref:.1f} | {rms:.4f} | {flat:.4f} |")
+
+
+def best_of(fn, data, th, center, repeats):
+    """Best wall time of ``repeats`` calls after one warm-up call, and the last output."""
+    rec = np.asarray(fn(data, th, center))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rec = np.asarray(fn(data, th, center))
+        times.append(time.perf_counter() - t0)
+    return min(times), rec
+
+
+def vs_tomopy(scale, rows, repeats):
+    """tomodl's FBP and TomoPy's gridrec (plain and padded) on the same rows, same 2 threads."""
+    methods = {"tomodl fourier": tomodl_method("fourier"), "TomoPy gridrec": tomopy_gridrec,
+               "TomoPy gridrec, padded 2x": tomopy_gridrec_padded}
+    aligns = {name: alignment(fn) for name, fn in methods.items()}
+    print("alignment (rot90 k, flip, phantom shift):", aligns)
+    for n, n_ang in [(2048, 1500), (1024, 720), (2048, 75), (1024, 36)]:
+        n = int(round(n * scale / 2)) * 2
+        th = np.linspace(0, np.pi, n_ang, endpoint=False)
+        data = np.repeat(ellipse_sinogram(phantom(n), th, n, n / 2).astype(np.float32)[None],
+                         rows, axis=0)
+        res = {}
+        for name, fn in methods.items():
+            t, rec = best_of(fn, data, th, n / 2, repeats)
+            res[name] = (t / rows, *errors(rec[0], n, aligns[name]))
+        ref = res["tomodl fourier"][0]
+        print(f"\n#### {n} px x {n_ang} angles, {rows} rows/call, best of {repeats} after a "
+              f"warm-up (load {os.getloadavg()[0]:.2f})")
+        print("| method | s / slice | tomodl / this | rel. RMS error | flat mean / truth "
+              "| flat std / truth |")
+        print("|---|---|---|---|---|---|")
+        for name, (t, rms, flat, std) in res.items():
+            print(f"| {name} | {t:.3f} | {ref / t:.2f} | {rms:.4f} | {flat:.4f} | {std:.4f} |")
+
+
+def breakdown(n, n_ang, rows, repeats):
+    """Where tomodl's dense FBP time goes: plan, filtering, row FFT, spreading, 2-D FFT, crop.
+
+    Stages run as in :func:`tomodl.recon.fbp._reconstruct` (one torch thread per worker);
+    per-pair stages are timed on one thread (best of ``repeats``), then the whole call on
+    1 and 2 workers.
+    """
+    import torch
+
+    from tomodl.backend import torch_threads
+    from tomodl.recon.fbp import _filtered_windows, make_setup
+    from tomodl.recon.nufft import make_plan
+
+    th = np.linspace(0, np.pi, n_ang, endpoint=False)
+    sino = torch.as_tensor(np.repeat(ellipse_sinogram(phantom(n), th, n, n / 2)
+                                     .astype(np.float32)[None], rows, axis=0))
+    cen = torch.full((2,), n / 2, dtype=torch.float64)
+
+    def best(fn):
+        out, times = fn(), []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), out
+
+    t = {}
+    with torch.no_grad(), torch_threads(1):
+        t["setup (filter table)"], setup = best(lambda: make_setup(n, th, n, "shepp", None, "cpu"))
+        for w in (1, 2):
+            t[f"plan, {w} worker(s)"], plan = best(lambda w=w: make_plan(
+                setup.theta, n, setup.length, setup.x0, "cpu", workers=w))
+        t["filter + windows (pair)"], win = best(lambda: _filtered_windows(sino[:2], cen, setup))
+        t["row FFT x phase (pair)"], spec = best(lambda: torch.view_as_real(
+            torch.fft.fft(torch.complex(win[0], win[1]), dim=-1) * plan.phase).view(-1, 2))
+        t["spreading, CSR @ (pair)"], grid = best(lambda: plan.matrix @ spec)
+        t["2-D inverse FFT (pair)"], img = best(lambda: torch.fft.ifft2(
+            torch.view_as_complex(grid).view(plan.m, plan.m), norm="forward"))
+        deapod = plan.deapod_row[:, None] * plan.deapod_col[None, :]
+        t["crop + deapodize (pair)"], _ = best(lambda: img[plan.row0:plan.row0 + n,
+                                                           plan.col0:plan.col0 + n].real * deapod)
+    for w in (1, 2):
+        t[f"whole fbp, {rows} rows, {w} worker(s)"], _ = best(
+            lambda w=w: fbp(sino.numpy(), th, n / 2, method="fourier", device="cpu", ncore=w))
+    print(f"\n#### tomodl fourier, {n} px x {n_ang} angles: L = {setup.length}, "
+          f"n_pad = {setup.n_pad}, M = {plan.m}, nnz = {plan.matrix.values().numel():,} "
+          f"(load {os.getloadavg()[0]:.2f}, best of {repeats})")
+    print("| stage | s |\n|---|---|")
+    for name, v in t.items():
+        print(f"| {name} | {v:.3f} |")
 
 
 def gridrec_ratios():
@@ -207,15 +316,30 @@ def main():
     ap.add_argument("--rows", type=int, default=8, help="rows per call for the batched methods")
     ap.add_argument("--ratios", action="store_true",
                     help="print the gridrec intensity table and exit")
+    ap.add_argument("--vs-tomopy", action="store_true",
+                    help="only tomodl against TomoPy gridrec (plain and padded), best of 3")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls for --vs-tomopy")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time tomodl's FBP stages at 2048 x 1500 (sizes times --scale)")
     args = ap.parse_args()
+    if args.breakdown:
+        breakdown(int(round(2048 * args.scale / 2)) * 2, 1500, args.rows, args.repeats)
+        return
+    if args.vs_tomopy:
+        if importlib.util.find_spec("tomopy") is None:
+            raise SystemExit("Error: tomopy is not importable; build it with "
+                             "scripts/build_tomopy.sh (docs/fbp.md, Benchmarking against TomoPy)")
+        print(f"cores: {os.cpu_count()}; load average at start {os.getloadavg()}")
+        vs_tomopy(args.scale, args.rows, args.repeats)
+        return
     if args.ratios:
         gridrec_ratios()
         return
     methods = peers()
     print(f"methods: {list(methods)}; cores: {os.cpu_count()}; load at start {os.getloadavg()}")
     if "TomoPy gridrec" not in methods:
-        print("TomoPy is not installed (not on PyPI); measured earlier on this machine: "
-              "gridrec 0.65 s / slice at 2048 x 1500.")
+        print("TomoPy is not importable (not on PyPI): build it with scripts/build_tomopy.sh "
+              "and run with PYTHONPATH=/opt/tomopy-py (docs/fbp.md).")
     aligns = {name: alignment(fn) for name, fn in methods.items()}  # also warms up JITs
     print("alignment (rot90 k, flip, phantom shift):", aligns)
     for n, n_ang in CASES:
