@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_erosion
 
-from tomodl.recon.fbp import fbp
+from tomodl.recon.fbp import fbp, fbp_plan
 from tomodl.recon.geometry import image_coordinates
 from tomodl.sim.analytic import ellipse_sinogram, rasterize_ellipses
 
@@ -50,6 +50,20 @@ def phantom(n):
 # ------------------------------------------ methods: (sino (R, A, n), theta, centre) -> (R, n, n)
 def tomodl_method(name):
     return lambda s, th, c: fbp(s, th, c, filter_name="shepp", method=name, device="cpu", ncore=2)
+
+
+def tomodl_reused(name, ncore=2):
+    """tomodl as the volume pipeline runs it: the plan built by the first call, then reused."""
+    plans = {}
+
+    def run(s, th, c):
+        key = (s.shape[2], np.asarray(th).tobytes())
+        if key not in plans:
+            plans[key] = fbp_plan(s.shape[2], th, filter_name="shepp", method=name,
+                                  device="cpu", ncore=ncore)
+        return fbp(s, th, c, filter_name="shepp", method=name, device="cpu", ncore=ncore,
+                   plan=plans[key])
+    return run
 
 
 def astra_fbp(s, th, c):
@@ -210,7 +224,9 @@ def best_of(fn, data, th, center, repeats):
 
 def vs_tomopy(scale, rows, repeats):
     """tomodl's FBP and TomoPy's gridrec (plain and padded) on the same rows, same 2 threads."""
-    methods = {"tomodl fourier": tomodl_method("fourier"), "TomoPy gridrec": tomopy_gridrec,
+    methods = {"tomodl fourier": tomodl_method("fourier"),
+               "tomodl fourier, plan reused": tomodl_reused("fourier"),
+               "TomoPy gridrec": tomopy_gridrec,
                "TomoPy gridrec, padded 2x": tomopy_gridrec_padded}
     aligns = {name: alignment(fn) for name, fn in methods.items()}
     print("alignment (rot90 k, flip, phantom shift):", aligns)
@@ -277,6 +293,9 @@ def breakdown(n, n_ang, rows, repeats):
     for w in (1, 2):
         t[f"whole fbp, {rows} rows, {w} worker(s)"], _ = best(
             lambda w=w: fbp(sino.numpy(), th, n / 2, method="fourier", device="cpu", ncore=w))
+        reused = tomodl_reused("fourier", w)
+        t[f"whole fbp, {rows} rows, {w} worker(s), plan reused"], _ = best(
+            lambda f=reused: f(sino.numpy(), th, n / 2))
     print(f"\n#### tomodl fourier, {n} px x {n_ang} angles: L = {setup.length}, "
           f"n_pad = {setup.n_pad}, M = {plan.m}, nnz = {plan.matrix.values().numel():,} "
           f"(load {os.getloadavg()[0]:.2f}, best of {repeats})")

@@ -294,6 +294,16 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
                          refiner)
 
 
+def _plan(sinos, theta, n, fbp_kw):
+    """The :func:`~tomodl.recon.fbp.fbp_plan` of this call, on the device fbp will use."""
+    from tomodl.backend import to_tensor
+    from tomodl.recon.fbp import fbp_plan
+
+    dev = to_tensor(sinos[:1, :1], fbp_kw["device"])[0].device
+    kw = {k: fbp_kw[k] for k in ("filter_name", "filter_par", "method", "ncore") if k in fbp_kw}
+    return fbp_plan(sinos.shape[2], theta, n, device=dev, **kw)
+
+
 def _bound(step, fbp_kw):
     """``step`` as ``f(images) -> images`` on the run's device (None stays None)."""
     if step is None:
@@ -319,6 +329,8 @@ def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw, refiner=None):
     from tomodl.recon.fbp import fbp
 
     kind = array_kind(sinos)
+    if fbp_kw.get("plan") is None and sinos.shape[0]:   # one plan for every chunk
+        fbp_kw = dict(fbp_kw, plan=_plan(sinos, theta, n, fbp_kw))
     parts = []
     out = np.empty((sinos.shape[0], n, n), np.float32) if kind == "numpy" else None
     for r0 in range(0, sinos.shape[0], rows):

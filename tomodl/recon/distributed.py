@@ -65,6 +65,9 @@ class WorkerState:
     def setup(self, worker: Any = None) -> None:
         self.lock = threading.Lock()
         self.denoisers: Dict[str, Any] = {}
+        from tomodl.recon.stages import FbpPlans
+
+        self.plans = FbpPlans()  # FBP plans by geometry, built once per worker
 
     def step(self, spec: Any) -> Optional[Callable]:
         """The denoising step of ``spec`` (loaded on first use), or None."""
@@ -100,7 +103,7 @@ def compute_chunk(path: str, rows: Rows, center: float, cfg: Any, spec: Any,
         with clock.time("preprocess"):
             proj = stages.preprocess_chunk(scan, path, cfg.corrections)
         rec = stages.reconstruct_chunk(proj, scan.theta, center, replace(cfg, ncore=threads),
-                                       step, clock=clock)
+                                       step, clock=clock, plans=state.plans)
         return rec, clock.busy
 
 

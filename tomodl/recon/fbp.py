@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from tomodl.backend import to_tensor, torch_threads
+from tomodl.backend import resolve_device, to_tensor, torch_threads
 from tomodl.errors import TomodlError
 from tomodl.recon.filters import check_filter_name, get_filter
 from tomodl.recon.geometry import (check_angles, check_center, default_center, grid_origin,
@@ -256,8 +256,96 @@ def _rows_per_task(method: str, setup: Setup, n_rows: int, workers: int) -> int:
     return min(n_rows, rows)
 
 
+@dataclass(frozen=True)
+class FbpPlan:
+    """What :func:`fbp` precomputes for one geometry, built once by :func:`fbp_plan` and
+    reused for every chunk of rows (read-only once built, so threads may share it).
+
+    It depends on the angles, the detector width, the output grid, the filter, the method and
+    the device, not on the rotation axis (the centres only move the windows).
+
+    Attributes
+    ----------
+    setup : Setup
+        Sizes, filter response and grid.
+    method : str
+        The resolved back-projector, a key of :data:`METHODS`.
+    state : object
+        That method's precomputed state (the gridding matrix for ``"fourier"``).
+    filter_name : str
+    filter_par : tuple of float or None
+    """
+
+    setup: Setup
+    method: str
+    state: Any
+    filter_name: str
+    filter_par: Optional[tuple]
+
+    def check(self, n_det: int, theta, n: int, filter_name: str, filter_par, method: str,
+              device) -> None:
+        """Raise ValueError unless this plan was built for exactly this reconstruction."""
+        su = self.setup
+        wrong = []
+        if (n_det, n) != (su.n_det, su.n):
+            wrong.append(f"n_det, N = {n_det}, {n} (plan: {su.n_det}, {su.n})")
+        th = np.asarray(theta, np.float64)
+        if th.shape != su.theta.shape or not np.array_equal(th, su.theta):
+            wrong.append(f"theta ({th.size} angles differ from the plan's {su.theta.size})")
+        if (filter_name, _par(filter_par)) != (self.filter_name, self.filter_par):
+            wrong.append(f"filter {filter_name!r} {filter_par} (plan: {self.filter_name!r} "
+                         f"{self.filter_par})")
+        if method not in ("auto", self.method):
+            wrong.append(f"method {method!r} (plan: {self.method!r})")
+        if device != su.filt.device:
+            wrong.append(f"device {device} (plan: {su.filt.device})")
+        if wrong:
+            raise ValueError("this FBP plan was built for another reconstruction: "
+                             + "; ".join(wrong) + "; build one with fbp_plan() for this data")
+
+
+def _par(filter_par) -> Optional[tuple]:
+    return None if filter_par is None else tuple(float(v) for v in np.ravel(filter_par))
+
+
+def fbp_plan(n_det: int, theta, num_gridx: Optional[int] = None, *, filter_name="shepp",
+             filter_par=None, method="auto", device="auto", ncore=None) -> FbpPlan:
+    """Precompute :func:`fbp`'s plan once, to pass as ``fbp(..., plan=...)`` to every chunk.
+
+    Parameters are :func:`fbp`'s (``n_det`` = detector columns, ``sino.shape[2]``); ``device``
+    ``"auto"`` follows :func:`tomodl.backend.resolve_device` (CUDA when available), so pass the
+    device of GPU inputs explicitly.  ``ncore`` threads fill the matrix.
+
+    Returns
+    -------
+    FbpPlan
+    """
+    import torch
+
+    check_filter_name(filter_name)
+    if method != "auto" and method not in METHODS:
+        raise TomodlError(f"Unknown method {method!r}; choose one of {['auto', *METHODS]}")
+    th, _, n = _check_args((1, np.size(theta), int(n_det)), theta, None, num_gridx)
+    dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device)
+    with torch.no_grad():
+        setup = make_setup(int(n_det), th, n, filter_name, filter_par, dev)
+        name = _choose_method(method, setup, AUTO_NOMINAL_ROWS)
+        with torch_threads(1 if dev.type == "cpu" else None):
+            state = METHODS[name].prepare(setup, _workers(dev, ncore))
+    return FbpPlan(setup, name, state, filter_name, _par(filter_par))
+
+
+def _workers(dev, ncore: Optional[int]) -> int:
+    import torch
+
+    if dev.type != "cpu":
+        return 1
+    workers = int(ncore) if ncore else torch.get_num_threads()
+    return min(os.cpu_count() or 1, workers)
+
+
 def fbp(sino, theta, center=None, *, filter_name="shepp", filter_par=None, num_gridx=None,
-        method="auto", device="auto", ncore=None):
+        method="auto", device="auto", ncore=None, plan: Optional[FbpPlan] = None):
     """Filtered back-projection of parallel-beam sinograms, TomoPy-gridrec compatible.
 
     Parameters
@@ -283,6 +371,10 @@ def fbp(sino, theta, center=None, *, filter_name="shepp", filter_par=None, num_g
         ``"auto"`` (the input's GPU, else CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
     ncore : int, optional
         Torch CPU threads for this call (default: torch's setting).
+    plan : FbpPlan, optional
+        From :func:`fbp_plan` with the same ``n_det``, ``theta``, ``num_gridx``, filter,
+        method and device (checked: ValueError otherwise); default: built for this call.
+        Pass one to reuse it across chunks of rows (the centres may differ).
 
     Returns
     -------
@@ -301,15 +393,18 @@ def fbp(sino, theta, center=None, *, filter_name="shepp", filter_par=None, num_g
         s, back = to_tensor(sino, device)
         if not bool(torch.isfinite(s).all()):
             raise TomodlError("sino contains NaN or Inf (check flat/dark normalization and -log)")
-        setup = make_setup(s.shape[2], th, n, filter_name, filter_par, s.device)
+        if plan is not None:
+            plan.check(s.shape[2], th, n, filter_name, filter_par, method, s.device)
         if s.shape[0] == 0:
             return back(torch.empty((0, n, n), dtype=torch.float32, device=s.device))
-        name = _choose_method(method, setup, s.shape[0])
+        if plan is None:
+            plan = fbp_plan(s.shape[2], th, n, filter_name=filter_name, filter_par=filter_par,
+                            method=method, device=s.device, ncore=ncore)
         c = torch.as_tensor(centers, dtype=torch.float64, device=s.device)
-        return back(_reconstruct(s, c, setup, name, ncore))
+        return back(_reconstruct(s, c, plan, ncore))
 
 
-def _reconstruct(s, centers, setup: Setup, name: str, ncore: Optional[int]):
+def _reconstruct(s, centers, plan: FbpPlan, ncore: Optional[int]):
     """Filter and back-project all rows of ``s``, in parallel tasks of a few rows on the CPU.
 
     On the CPU, ``ncore`` Python threads each run whole tasks with one torch thread (torch
@@ -318,12 +413,10 @@ def _reconstruct(s, centers, setup: Setup, name: str, ncore: Optional[int]):
     """
     import torch
 
+    setup, name, state = plan.setup, plan.method, plan.state
     n_rows, n = s.shape[0], setup.n
     cpu = s.device.type == "cpu"
-    workers = int(ncore) if ncore else torch.get_num_threads()
-    workers = min(os.cpu_count() or 1, workers) if cpu else 1
-    with torch_threads(1 if cpu else None):
-        state = METHODS[name].prepare(setup, workers)
+    workers = _workers(s.device, ncore)
     out = torch.empty((n_rows, n, n), dtype=torch.float32, device=s.device)
     step = _rows_per_task(name, setup, n_rows, workers)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -97,18 +98,42 @@ def prepare_denoiser(cfg: ReconConfig, n_grid: int, theta=None):
                          sparse=cfg.sparse, corrections=cfg.corrections)
 
 
+class FbpPlans:
+    """The FBP plans of one run (or one Dask worker), each built on first use for its
+    geometry and reused by every later chunk; owned by the run, never global."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plans: dict = {}
+
+    def get(self, n_det: int, theta: np.ndarray, cfg: ReconConfig) -> Any:
+        """The :class:`tomodl.recon.fbp.FbpPlan` of ``n_det`` columns, ``theta`` and ``cfg``."""
+        from tomodl.recon.fbp import fbp_plan
+
+        th = np.asarray(theta, np.float64)
+        key = (int(n_det), th.tobytes(), cfg.filter_name, str(cfg.device))
+        with self._lock:
+            if key not in self._plans:
+                self._plans[key] = fbp_plan(n_det, th, filter_name=cfg.filter_name,
+                                            device=cfg.device, ncore=cfg.ncore)
+            return self._plans[key]
+
+
 def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,
-                      step: Optional[Callable] = None, clock=None) -> np.ndarray:
+                      step: Optional[Callable] = None, clock=None,
+                      plans: Optional[FbpPlans] = None) -> np.ndarray:
     """FBP (and denoising, and ``cfg.refine`` iterations of refinement against the
     projections) of projections ``(n_angles, rows, n_det)`` -> ``(rows, N, N)``.
 
-    ``clock`` (a :class:`tomodl.recon.conveyor.StageClock`) receives the busy seconds.
+    ``clock`` (a :class:`tomodl.recon.conveyor.StageClock`) receives the busy seconds;
+    ``plans`` (the run's :class:`FbpPlans`) keeps the FBP plan between chunks.
     """
     from tomodl.recon.fbp import fbp
 
     with _timed(clock, "fbp"):
+        plan = None if plans is None else plans.get(proj.shape[2], theta, cfg)
         rec = fbp(np.swapaxes(proj, 0, 1), theta, center, filter_name=cfg.filter_name,
-                  device=cfg.device, ncore=cfg.ncore)
+                  device=cfg.device, ncore=cfg.ncore, plan=plan)
     if step is not None:
         with _timed(clock, "denoise"):
             rec = step(rec, device=cfg.device, ncore=cfg.ncore)

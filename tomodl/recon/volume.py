@@ -350,9 +350,11 @@ def _execute(job: Job, writer, total: int, client=None, collector=None):
 
             run_distributed(job, consume, clock, client)
         else:
+            plans = stages.FbpPlans()                 # built by the first chunk, then reused
             run_conveyor(job.todo, lambda rows: _produce(job, rows, clock),
                          lambda rows, item: stages.reconstruct_chunk(
-                             item[0], item[1], job.center, job.cfg, job.step, clock=clock),
+                             item[0], item[1], job.center, job.cfg, job.step, clock=clock,
+                             plans=plans),
                          consume, queue_depth=job.cfg.queue_depth)
     return clock
 
