@@ -94,3 +94,20 @@ def test_the_file_pipeline_builds_the_plan_once_per_run(tmp_path, monkeypatch):
         with h5py.File(res.path, "r") as f:
             vols.append(f["/exchange/data"][()])
     np.testing.assert_allclose(vols[0], vols[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, n_angles", [(63, 45), (128, 181)])
+def test_the_memory_budget_counts_the_plan_kept_for_the_run(n, n_angles):
+    """The plan lives from the first chunk to the end of a run, so the budget must hold it:
+    :func:`tomodl.recon.budget.fbp_plan_bytes` bounds the real plan from above, not by much."""
+    from tomodl.recon.budget import fbp_plan_bytes
+    from tomodl.recon.fbp import fbp_plan
+
+    theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+    plan = fbp_plan(n, theta, method="fourier", device="cpu")
+    g = plan.state
+    m = g.matrix
+    real = sum(t.numel() * t.element_size() for t in
+               (m.crow_indices(), m.col_indices(), m.values(), g.phase))
+    estimate = fbp_plan_bytes(n_angles, n)
+    assert real <= estimate <= 1.6 * real, (real, estimate)

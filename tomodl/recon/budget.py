@@ -79,6 +79,22 @@ def default_max_memory() -> int:
     return int(MEMORY_FRACTION * available_ram())
 
 
+def fbp_plan_bytes(n_angles: int, n_grid: int) -> int:
+    """Bytes of the FBP plan that a run keeps from its first chunk to its end
+    (:func:`tomodl.recon.fbp.fbp_plan`): the Fourier method's gridding matrix (``W^2`` entries of
+    a float32 value and an int32 column per polar sample, ``~sqrt(2) N`` samples per angle), its
+    int32 row pointers over the oversampled grid and one complex64 phase per sample.  An upper
+    bound: the direct method's plan is far smaller."""
+    from tomodl.recon.geometry import grid_origin
+    from tomodl.recon.nufft import KERNEL_WIDTH, OVERSAMPLING, fast_len
+
+    reach = math.sqrt(2.0) * max(grid_origin(n_grid), n_grid - 1 - grid_origin(n_grid))
+    length = fast_len(2 * math.ceil(reach) + 5, parity="odd")          # make_setup's window
+    m = fast_len(max(math.ceil(OVERSAMPLING * n_grid), n_grid + 2 * KERNEL_WIDTH), parity="even")
+    samples = n_angles * length
+    return int(samples * (8 * KERNEL_WIDTH ** 2 + 8) + 4 * (m * m + 1))
+
+
 def fbp_workspace(n_angles: int, n_det: int, n_grid: int, threads: int) -> int:
     """Bytes of FBP scratch memory: ``threads`` tasks of two rows each (see module docstring)."""
     pad = 2 ** math.ceil(math.log2(max(2 * n_det, 2)))

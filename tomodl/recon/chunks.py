@@ -20,12 +20,13 @@ def select_rows(info, cfg: ReconConfig) -> Rows:
 def plan_memory(info, cfg: ReconConfig, spec=None):
     """Rows per chunk, the denoiser's share and the memory estimate of the run, computed once
     (:class:`tomodl.recon.budget.MemoryPlan`; ``spec``: the :class:`ModelSpec`, if any)."""
-    from tomodl.recon.budget import cpu_threads, default_max_memory, fbp_workspace
+    from tomodl.recon.budget import cpu_threads, default_max_memory, fbp_plan_bytes, fbp_workspace
     from tomodl.recon.budget import plan_memory as plan
 
     start, stop = select_rows(info, cfg)
     total = cfg.max_memory or default_max_memory()
-    fixed = fbp_workspace(info.n_angles, info.n_det, info.n_det, cpu_threads(cfg.ncore))
+    fixed = (fbp_workspace(info.n_angles, info.n_det, info.n_det, cpu_threads(cfg.ncore))
+             + fbp_plan_bytes(info.n_angles, info.n_det))   # the plan is kept for the whole run
     scale = cfg.corrections.factor ** 2       # --binning: raw counts read per binned row
     sized = info if scale == 1 else replace(info, n_det=info.n_det * scale)
     return plan(sized, stop - start, n_grid=info.n_det, queue_depth=cfg.queue_depth,
