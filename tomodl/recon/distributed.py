@@ -65,9 +65,9 @@ class WorkerState:
     def setup(self, worker: Any = None) -> None:
         self.lock = threading.Lock()
         self.denoisers: Dict[str, Any] = {}
-        from tomodl.recon.stages import FbpPlans
+        from tomodl.recon.stages import RunCache
 
-        self.plans = FbpPlans()  # FBP plans by geometry, built once per worker
+        self.plans = RunCache()  # FBP plans and the refiner, built once per worker
 
     def step(self, spec: Any) -> Optional[Callable]:
         """The denoising step of ``spec`` (loaded on first use), or None."""

@@ -25,7 +25,6 @@ projections changes (see ``docs/refine.md``).
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -529,9 +528,3 @@ class Refiner:
                                               denoise=denoise, nonneg=self.settings.nonneg)
         self.chosen = (prior, weight)
         return prior, weight
-
-
-@functools.lru_cache(maxsize=2)
-def cached_refiner(iterations: int, theta: tuple) -> Refiner:
-    """One :class:`Refiner` per run (the chunks of a volume share its projector)."""
-    return Refiner(RefineSettings(iterations=iterations), np.asarray(theta))

@@ -98,13 +98,15 @@ def prepare_denoiser(cfg: ReconConfig, n_grid: int, theta=None):
                          sparse=cfg.sparse, corrections=cfg.corrections)
 
 
-class FbpPlans:
-    """The FBP plans of one run (or one Dask worker), each built on first use for its
-    geometry and reused by every later chunk; owned by the run, never global."""
+class RunCache:
+    """What one run (or one Dask worker) computes once and reuses for every chunk: the FBP plan
+    of each geometry and the refiner (its projectors, its chosen weights).  Owned by the run,
+    never global, so two runs in one process share nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._plans: dict = {}
+        self._refiners: dict = {}
 
     def get(self, n_det: int, theta: np.ndarray, cfg: ReconConfig) -> Any:
         """The :class:`tomodl.recon.fbp.FbpPlan` of ``n_det`` columns, ``theta`` and ``cfg``."""
@@ -118,15 +120,30 @@ class FbpPlans:
                                             device=cfg.device, ncore=cfg.ncore)
             return self._plans[key]
 
+    def refiner(self, iterations: int, theta: np.ndarray) -> Any:
+        """The run's :class:`tomodl.recon.refine.Refiner` for ``iterations`` and ``theta``."""
+        th = np.asarray(theta, np.float64)
+        key = (int(iterations), th.tobytes())
+        with self._lock:
+            if key not in self._refiners:
+                self._refiners[key] = _refiner(iterations, th)
+            return self._refiners[key]
+
+
+def _refiner(iterations: int, theta: np.ndarray) -> Any:
+    from tomodl.recon.refine import Refiner, RefineSettings
+
+    return Refiner(RefineSettings(iterations=iterations), np.asarray(theta, np.float64))
+
 
 def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,
                       step: Optional[Callable] = None, clock=None,
-                      plans: Optional[FbpPlans] = None) -> np.ndarray:
+                      plans: Optional[RunCache] = None) -> np.ndarray:
     """FBP (and denoising, and ``cfg.refine`` iterations of refinement against the
     projections) of projections ``(n_angles, rows, n_det)`` -> ``(rows, N, N)``.
 
     ``clock`` (a :class:`tomodl.recon.conveyor.StageClock`) receives the busy seconds;
-    ``plans`` (the run's :class:`FbpPlans`) keeps the FBP plan between chunks.
+    ``plans`` (the run's :class:`RunCache`) keeps the FBP plan and the refiner between chunks.
     """
     from tomodl.recon.fbp import fbp
 
@@ -138,14 +155,13 @@ def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: R
         with _timed(clock, "denoise"):
             rec = step(rec, device=cfg.device, ncore=cfg.ncore)
     if cfg.refine:
-        from tomodl.recon.refine import cached_refiner
-
         with _timed(clock, "refine"):
             denoise = None if step is None else \
                 (lambda r: step(r, device=cfg.device, ncore=cfg.ncore))
-            rec = cached_refiner(cfg.refine, tuple(np.asarray(theta, np.float64)))(
-                rec, np.swapaxes(proj, 0, 1), center, device=cfg.device, ncore=cfg.ncore,
-                denoise=denoise)
+            refiner = (_refiner(cfg.refine, theta) if plans is None
+                       else plans.refiner(cfg.refine, theta))
+            rec = refiner(rec, np.swapaxes(proj, 0, 1), center, device=cfg.device,
+                          ncore=cfg.ncore, denoise=denoise)
     return np.asarray(rec, dtype=np.float32)
 
 

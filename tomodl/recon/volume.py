@@ -350,7 +350,7 @@ def _execute(job: Job, writer, total: int, client=None, collector=None):
 
             run_distributed(job, consume, clock, client)
         else:
-            plans = stages.FbpPlans()                 # built by the first chunk, then reused
+            plans = stages.RunCache()                 # built by the first chunk, then reused
             run_conveyor(job.todo, lambda rows: _produce(job, rows, clock),
                          lambda rows, item: stages.reconstruct_chunk(
                              item[0], item[1], job.center, job.cfg, job.step, clock=clock,
