@@ -8,13 +8,19 @@ from dataclasses import fields
 
 import click
 
-from tomodl.recon.corrections import BINNINGS, FW_FILTERS, ROW_LOCAL, Corrections
+from tomodl.recon.corrections import BINNINGS, FW_FILTERS, INPUT_VALUES, ROW_LOCAL, Corrections
 from tomodl.recon.stripes import STRIPE_METHODS
 
 _D = Corrections()
 
 #: (option, click keyword arguments) in the order shown by --help.
 OPTIONS = (
+    ("--input-values", dict(type=click.Choice(list(INPUT_VALUES)), default=_D.input_values,
+                            show_default=True,
+                            help="What the projections hold: raw counts (normalized with the "
+                                 "flats and darks, then -log) or line integrals (already -log'd)"
+                                 "; auto: line integrals when the file has no flats and marks "
+                                 "them (root attribute normalisation=minus_log).")),
     ("--remove-stripe-method", dict(type=click.Choice(list(STRIPE_METHODS)),
                                     default=_D.remove_stripe_method, show_default=True,
                                     help="Ring (stripe) removal before FBP: fw (Münch 2009 "

@@ -39,6 +39,10 @@ DX_THETA = "/exchange/theta"
 WRITE_THETA_UNITS = {"deg": (180.0 / np.pi, "degrees"), "rad": (1.0, "radians")}
 #: Target size of one ``/exchange/data`` chunk written by :func:`write_dx` (bytes).
 CHUNK_BYTES = 4 * 2**20
+#: Root attributes that say what the projections hold, and the values that mean "line
+#: integrals, already ``-log``'d" (as TomoBank-derived and tomopyui files mark them).
+VALUES_ATTRS = ("normalisation", "normalization")
+LINE_INTEGRAL_MARKS = ("minus_log", "-log", "line_integrals", "line-integrals")
 
 
 class Scan(NamedTuple):
@@ -65,7 +69,9 @@ class ScanInfo:
     """What a scan file holds, read without touching pixel data (for planning chunks).
 
     ``theta`` is float32 radians, ``dtype`` the on-disk dtype of the frames, ``file_size`` in
-    bytes and ``mtime`` in seconds since the epoch.
+    bytes and ``mtime`` in seconds since the epoch.  ``line_integrals``: the file has no flats
+    and a root attribute marks its projections as ``-log``'d line integrals
+    (:func:`marked_line_integrals`).
     """
 
     path: Path
@@ -81,6 +87,7 @@ class ScanInfo:
     theta: np.ndarray = field(repr=False)
     file_size: int
     mtime: float
+    line_integrals: bool = False
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -144,6 +151,22 @@ def open_scan(path: Any) -> Iterator[Tuple[h5py.File, Layout]]:
         yield f, nexus_layout(f, nx_data, path)
 
 
+def _marked(f: h5py.File, path: Any) -> bool:
+    for key in VALUES_ATTRS:
+        value = read_attr(f, key, path)
+        if value is not None and value.lower() in LINE_INTEGRAL_MARKS:
+            return True
+    return False
+
+
+def marked_line_integrals(path: Any) -> bool:
+    """Whether the file's root attribute ``normalisation`` (or ``normalization``) marks its
+    projections as line integrals (``"minus_log"``, ``"-log"``, ``"line_integrals"``): data
+    already flat-field corrected and ``-log``'d, read as they are."""
+    with open_readonly(path) as f:
+        return _marked(f, path)
+
+
 def scan_info(path: Any) -> ScanInfo:
     """Describe a scan file without reading pixel data.
 
@@ -159,14 +182,15 @@ def scan_info(path: Any) -> ScanInfo:
         file size and modification time.
     """
     path = Path(path)
-    with open_scan(path) as (_, lay):
+    with open_scan(path) as (f, lay):
         stat = path.stat()
         return ScanInfo(path=path, layout=lay.name, n_angles=int(lay.proj.index.size),
                         n_rows=lay.n_rows, n_det=lay.n_det, dtype=lay.dtype,
                         has_flat=lay.flat is not None, has_dark=lay.dark is not None,
                         n_flat=0 if lay.flat is None else int(lay.flat.index.size),
                         n_dark=0 if lay.dark is None else int(lay.dark.index.size),
-                        theta=lay.theta, file_size=int(stat.st_size), mtime=stat.st_mtime)
+                        theta=lay.theta, file_size=int(stat.st_size), mtime=stat.st_mtime,
+                        line_integrals=lay.flat is None and _marked(f, path))
 
 
 def _read(f: h5py.File, frames: Optional[Frames], index: Optional[np.ndarray], rows: slice,

@@ -35,6 +35,14 @@ logger = logging.getLogger(__name__)
 BINNINGS = (0, 1, 2, 3)
 #: Wavelets of ``--fw-filter`` (Tomocupy's choices; any PyWavelets name works from Python).
 FW_FILTERS = ("haar", "db5", "sym5", "sym16")
+#: What the scan's projections hold (``--input-values``).
+INPUT_VALUES = {
+    "auto": "raw counts with flats; line integrals when the file has no flats and its root "
+            "attribute normalisation says minus_log",
+    "counts": "raw detector counts, normalized with the file's flats and darks",
+    "line-integrals": "already flat-field corrected and -log'd: read as they are (flats "
+                      "and darks in the file are ignored)",
+}
 
 
 def _check_projection_steps(corr: Corrections) -> None:
@@ -92,6 +100,9 @@ class Corrections:
     file_type : {"standard", "double_fov"}
         ``"double_fov"``: a 360-degree scan with the axis off centre, stitched into a
         double-width 180-degree scan (:mod:`tomodl.recon.stitch`).
+    input_values : {"auto", "counts", "line-integrals"}
+        What the projections hold (:data:`INPUT_VALUES`): line integrals skip the flat-field
+        normalization and the ``-log`` (:func:`tomodl.recon.stages.preprocess_chunk`).
     """
 
     remove_stripe_method: str = "none"
@@ -116,6 +127,7 @@ class Corrections:
     propagation_distance: Optional[float] = None
     pixel_size: Optional[float] = None
     file_type: str = "standard"
+    input_values: str = "auto"
 
     def __post_init__(self):
         from tomodl.recon.stripes import STRIPE_METHODS
@@ -123,6 +135,9 @@ class Corrections:
         if self.remove_stripe_method not in STRIPE_METHODS:
             raise ValueError(f"Unknown remove_stripe_method {self.remove_stripe_method!r}; "
                              f"choose one of {list(STRIPE_METHODS)}")
+        if self.input_values not in INPUT_VALUES:
+            raise ValueError(f"Unknown input_values {self.input_values!r}; choose one of "
+                             f"{list(INPUT_VALUES)}")
         if self.binning not in BINNINGS:
             raise ValueError(f"binning must be one of {list(BINNINGS)}, got {self.binning!r}")
         checks = {"fw_sigma": self.fw_sigma > 0, "fw_level": self.fw_level >= 1,

@@ -40,10 +40,14 @@ def preprocess_chunk(scan, path: Any = "", corr: Corrections = NO_CORRECTIONS) -
     ``-log(normalize(proj, flat, dark))`` with the row-local corrections of ``corr``:
     dezinger and binning of the raw counts, then stripe removal
     (:func:`tomodl.recon.corrections.line_integrals`).  The default ``corr`` changes nothing.
+    A file of line integrals (:func:`holds_line_integrals`) is read as it is, binned and
+    stripe-filtered the same way.
     """
     from tomodl.recon.corrections import correct_raw, line_integrals
     from tomodl.recon.preprocess import minus_log, normalize
 
+    if holds_line_integrals(scan, path, corr):
+        return _from_line_integrals(scan, path, corr)
     check_flats(scan, path)
     if corr is NO_CORRECTIONS or corr == NO_CORRECTIONS:
         return minus_log(normalize(scan.proj, scan.flat, scan.dark))
@@ -51,12 +55,39 @@ def preprocess_chunk(scan, path: Any = "", corr: Corrections = NO_CORRECTIONS) -
     return line_integrals(normalize(scan.proj, scan.flat, scan.dark), corr)
 
 
+def holds_line_integrals(scan, path: Any, corr: Corrections) -> bool:
+    """Whether ``scan``'s projections are line integrals: ``corr.input_values`` says so, or
+    (``"auto"``) the file has no flats and marks them
+    (:func:`tomodl.io.dxchange.marked_line_integrals`)."""
+    if corr.input_values != "auto":
+        return corr.input_values == "line-integrals"
+    if scan.flat is not None or not path:
+        return False
+    from tomodl.io.dxchange import marked_line_integrals
+
+    return marked_line_integrals(path)
+
+
+def _from_line_integrals(scan, path: Any, corr: Corrections) -> np.ndarray:
+    from tomodl.recon.corrections import correct_raw, line_integrals
+
+    if corr.dezinger:
+        raise ScanFileError(f"{str(path)!r} holds line integrals (-log): --dezinger works on "
+                            "raw counts (its threshold is in counts); drop --dezinger")
+    proj = correct_raw(scan._replace(flat=None, dark=None), corr).proj
+    proj = np.asarray(proj, dtype=np.float32)
+    if corr.remove_stripe_method == "none":
+        return proj
+    return line_integrals(np.exp(-proj), corr)        # the stripe filter in its own domain
+
+
 def check_flats(scan, path: Any = "") -> None:
     """Refuse a scan without flat fields (one line naming the file and the fix)."""
     if scan.flat is None:
         raise ScanFileError(f"{str(path)!r} has no flat fields (e.g. /exchange/data_white): "
-                            "tomodl recon needs raw counts with flats; normalize the data first "
-                            "or add the flats to the file")
+                            "tomodl needs raw counts with flats, or line integrals: if the "
+                            "projections are already -log'd, pass --input-values line-integrals "
+                            "(Python: Corrections(input_values='line-integrals'))")
 
 
 def resolve_center(path, info, cfg: ReconConfig) -> float:
