@@ -28,11 +28,11 @@ import math
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from tomodl.errors import WeightsError
 from tomodl.models.registry import WEIGHTS_DIR, check_model_name
 from tomodl.models.weights import WeightsConfig, read_config
+from tomodl.recon.geometry import angles_per_half_turn  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -48,25 +48,6 @@ def release_folder(name: str) -> Optional[Path]:
     """``tomodl/weights/<name>`` if ``name`` is a shipped release, else None."""
     folder = WEIGHTS_DIR / str(name)
     return folder if str(name) in released_models() else None
-
-
-def angles_per_half_turn(theta) -> float:
-    """Projections per 180 degrees of a scan's angles (radians, any order, any arc).
-
-    ``n`` angles evenly covering an arc ``a`` (endpoint spacing included) count as
-    ``n * pi / a``; a 360-degree scan of 1800 angles is 900 per half turn.
-
-    Examples
-    --------
-    >>> round(angles_per_half_turn(np.linspace(0, np.pi, 181)), 1)
-    180.0
-    """
-    t = np.sort(np.asarray(theta, dtype=np.float64).ravel())
-    n = t.size
-    if n < 2:
-        return float(n)
-    arc = (t[-1] - t[0]) * n / (n - 1)
-    return float(n * math.pi / arc) if arc > 0 else float(n)
 
 
 def _release_configs(arch: str) -> List[tuple]:

@@ -23,6 +23,7 @@ is ``n_det / 2`` (``tomopy.sim.project.get_center``), not ``(n_det - 1) / 2``.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -110,6 +111,25 @@ def angular_coverage(theta) -> float:
         return 0.0
     gaps = np.append(np.diff(d), d[0] + np.pi - d[-1])
     return float(np.clip(np.pi - gaps.max() + np.median(gaps), 0.0, np.pi))
+
+
+def angles_per_half_turn(theta) -> float:
+    """Projections per 180 degrees of a scan's angles (radians, any order, any arc).
+
+    ``n`` angles evenly covering an arc ``a`` (endpoint spacing included) count as
+    ``n * pi / a``; a 360-degree scan of 1800 angles is 900 per half turn.
+
+    Examples
+    --------
+    >>> round(angles_per_half_turn(np.linspace(0, np.pi, 181)), 1)
+    180.0
+    """
+    t = np.sort(np.asarray(theta, dtype=np.float64).ravel())
+    n = t.size
+    if n < 2:
+        return float(n)
+    arc = (t[-1] - t[0]) * n / (n - 1)
+    return float(n * math.pi / arc) if arc > 0 else float(n)
 
 
 def check_angles(theta, *, source: str = "theta") -> None:

@@ -120,7 +120,7 @@ def prepare_denoiser(cfg: ReconConfig, n_grid: int, theta=None):
 
     n180 = None
     if theta is not None:
-        from tomodl.models.releases import angles_per_half_turn
+        from tomodl.recon.geometry import angles_per_half_turn
 
         n180 = angles_per_half_turn(theta)
     return prepare_model(parse_algorithm(cfg.algorithm).model, cfg.model, dtype=cfg.dtype,
