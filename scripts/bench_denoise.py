@@ -12,6 +12,7 @@ on one slice, and an ablation of batch-norm folding and channels-last memory for
 
     python scripts/bench_denoise.py                 # ResAttUnet, 1024^2 and 2048^2
     python scripts/bench_denoise.py --arch unet --sizes 512 1024
+    python scripts/bench_denoise.py --sizes 2048 --compare '{"stem": 2, "base_filters": 24}'
 
 "batch" is the automatic batch size (25 % of available RAM); "B/pixel" is the peak RSS divided
 by the pixels of one batch.
@@ -34,14 +35,15 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def make_denoiser(arch: str):
+def make_denoiser(arch: str, model_args: str = "{}"):
+    """A random ``arch`` network (``model_args``: JSON constructor arguments), non-zero head."""
     import torch
 
     import tomodl
     from tomodl.models.inference import load_denoiser
 
     torch.manual_seed(0)
-    net = tomodl.create_model(arch).eval()
+    net = tomodl.create_model(arch, **json.loads(model_args)).eval()
     torch.nn.init.normal_(net.head.weight, std=0.01)  # a non-zero correction, as after training
     return load_denoiser(arch, net)
 
@@ -58,13 +60,13 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def worker(arch: str, size: int, dtype: str, n: int, max_memory) -> dict:
+def worker(arch: str, size: int, dtype: str, n: int, max_memory, model_args: str = "{}") -> dict:
     """Runs in a fresh process: time ``denoise`` and measure its peak RSS."""
     import torch
 
     from tomodl.models.inference import denoise, plan_denoise, resolve_dtype
 
-    den = make_denoiser(arch)
+    den = make_denoiser(arch, model_args)
     x = test_slices(n, size)
     cpu = torch.device("cpu")
     plan = plan_denoise(den.module, x.shape, cpu, resolve_dtype(dtype, cpu), max_memory=max_memory)
@@ -79,18 +81,18 @@ def worker(arch: str, size: int, dtype: str, n: int, max_memory) -> dict:
             "tile": plan.tile, "budget": plan.budget}
 
 
-def run_worker(args, size, dtype, n, max_memory=None) -> dict:
+def run_worker(args, size, dtype, n, max_memory=None, model_args: str = "{}") -> dict:
     cmd = [sys.executable, __file__, "--worker", args.arch, str(size), dtype, str(n),
-           str(max_memory)]
+           str(max_memory), model_args]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def flops_per_pixel(arch: str) -> float:
+def flops_per_pixel(arch: str, model_args: str = "{}") -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    net = make_denoiser(arch).module
+    net = make_denoiser(arch, model_args).module
     with torch.inference_mode(), FlopCounterMode(display=False) as fc:
         net(torch.zeros(1, 1, 256, 256))
     return fc.get_total_flops() / 256**2
@@ -146,12 +148,21 @@ def main() -> None:
     p.add_argument("--arch", default="resattunet")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     p.add_argument("--no-ablation", action="store_true")
-    p.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--compare", nargs="+", metavar="JSON",
+                   help="only compare the speed of these model_args (JSON, e.g. "
+                   "'{\"base_filters\": 16}') with the default, side by side, in --dtype")
+    p.add_argument("--dtype", default="bfloat16", help="compute dtype of --compare")
+    p.add_argument("--slices", type=int, default=2, help="timed slices per --compare run")
+    p.add_argument("--rounds", type=int, default=2, help="--compare rounds (fastest kept)")
+    p.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        arch, size, dtype, n, mm = args.worker
-        res = worker(arch, int(size), dtype, int(n), None if mm == "None" else int(mm))
+        arch, size, dtype, n, mm, margs = args.worker
+        res = worker(arch, int(size), dtype, int(n), None if mm == "None" else int(mm), margs)
         print(json.dumps(res))
+        return
+    if args.compare:
+        compare(args)
         return
     import torch
 
@@ -184,6 +195,36 @@ def main() -> None:
         for fused, cl, dtype, t in ablation(args.arch):
             print(f"  fused={fused!s:5} channels_last={cl!s:5} {dtype:>9}: {t:.2f}")
     print(f"\nload average at end: {load()}")
+
+
+def compare(args) -> None:
+    """Seconds per slice of the default ``arch`` and of each ``--compare`` variant, each in a
+    fresh subprocess (one warm-up slice, then ``--slices`` timed), in one run: ``--rounds``
+    rounds that take the variants in turn (so a change of load hits all of them), the fastest
+    round of each reported."""
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
+          f"load average at start: {load()}")
+    variants = ["{}"] + args.compare
+    best = {}
+    for r in range(args.rounds):
+        for margs in variants:
+            for size in args.sizes:
+                t = run_worker(args, size, args.dtype, args.slices,
+                               model_args=margs)["s_per_slice"]
+                best[margs, size] = min(t, best.get((margs, size), float("inf")))
+                print(f"# round {r + 1}: {margs} {size}^2 {t:.2f} s/slice, load {load()}",
+                      flush=True)
+    print(f"{'model_args':>40} {'kFLOP/px':>9} {'size':>5} {'s/slice':>8} {'GFLOP/s':>8} "
+          f"{'speed-up':>8}")
+    for margs in variants:
+        fpp = flops_per_pixel(args.arch, margs)
+        for size in args.sizes:
+            t = best[margs, size]
+            print(f"{margs:>40} {fpp / 1e3:>9.1f} {size:>5} {t:>8.2f} "
+                  f"{fpp * size**2 / t / 1e9:>8.0f} {best['{}', size] / t:>7.2f}x")
+    print(f"load average at end: {load()}")
 
 
 def report_precision_and_tiling(args, speed) -> None:

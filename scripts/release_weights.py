@@ -27,6 +27,12 @@ def main() -> None:
                     help="projections per half turn of the training inputs")
     ap.add_argument("--min-angles", type=int, default=None,
                     help="below this the network is skipped (measured to hurt real data)")
+    ap.add_argument("--max-angles", type=int, default=None,
+                    help="above this the scan is dense and keeps its FBP")
+    ap.add_argument("--caution-below", type=int, default=None,
+                    help="below this the network is applied with a warning")
+    ap.add_argument("--no-auto", action="store_true",
+                    help="never chosen automatically: only used when named (--model NAME)")
     ap.add_argument("--description", default="")
     ap.add_argument("--metrics", type=Path, default=None, help="JSON of measured results")
     a = ap.parse_args()
@@ -40,7 +46,10 @@ def main() -> None:
     factors = meta.get("sparse_factors") or ([cfg.sparse_factor] if cfg.sparse_factor else [])
     release = {"name": a.name, "sparse_factors": factors, "angles": list(a.angles),
                "min_angles": a.min_angles, "description": a.description,
-               "source_sha256": cfg.sha256}
+               "source_sha256": cfg.sha256, "auto": not a.no_auto}
+    for key in ("max_angles", "caution_below"):
+        if getattr(a, key) is not None:
+            release[key] = getattr(a, key)
     if a.metrics is not None:
         release["metrics"] = json.loads(a.metrics.read_text(encoding="utf-8"))
     extra = dict(cfg.extra)

@@ -45,7 +45,11 @@ FILTER_NAME = re.compile(r"[a-z0-9_]{1,32}")
 #: largest network (parameters) a weights folder may describe (the paper's ResAttUnet: 7.9 M)
 MAX_PARAMETERS = 100_000_000
 #: inclusive bounds of the integer constructor arguments
-MODEL_ARG_BOUNDS = {"base_filters": (1, 256), "depth": (2, 8)}
+MODEL_ARG_BOUNDS = {"base_filters": (1, 256), "depth": (2, 8), "stem": (1, 4),
+                    "stem_filters": (0, 64)}
+#: arguments added after the first weights format, with the values that give the paper's
+#: network: recorded in config.json only when they differ, so older tomodl reads the folders
+LATER_ARGS = {"stem": 1, "stem_filters": 0}
 #: widest level (``base_filters * 2 ** (depth - 1)``) accepted (the paper's networks: 512)
 MAX_WIDTH = 4096
 #: safetensors dtype codes of each storage dtype of config.json
@@ -125,6 +129,11 @@ def _check_type(source, field: str, v: Any, kind: type, none_ok: bool = False,
     if not (isinstance(v, kind) or (v is None and none_ok)):
         names = f"{kind.__name__}{' or null' if none_ok else ''}"
         raise fail(source, field, f"= {str(v)[:80]!r} is not a {names}", fix)
+
+
+def recorded_args(args: Dict[str, Any]) -> Dict[str, Any]:
+    """``args`` as config.json records them: :data:`LATER_ARGS` left out at their defaults."""
+    return {k: v for k, v in args.items() if k not in LATER_ARGS or LATER_ARGS[k] != v}
 
 
 def check_model_args(arch: str, model_args: Any, source: Any, fix: str = _RESAVE

@@ -209,17 +209,20 @@ class EncoderDecoder(nn.Module):
             del u, skip
         return h
 
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-        """``(N, 1, H, W) -> (N, 1, H, W)``, same dtype family; any ``H, W`` (padded internally)."""
-        xp, (h0, w0) = pad_to_multiple(x, self.size_multiple)
+    def _body(self, h: "torch.Tensor") -> "torch.Tensor":
+        """Encoder, decoder and head on a padded input: ``(N, C, H, W) -> (N, C', H, W)``."""
         skips: List[torch.Tensor] = []
-        h = xp
         for i, block in enumerate(self.down):
             h = block(h)
             if i < self.depth - 1:
                 skips.append(h)
                 h = F.max_pool2d(h, 2)
-        out = self.head(self._decode(h, skips))
+        return self.head(self._decode(h, skips))
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``(N, 1, H, W) -> (N, 1, H, W)``, same dtype family; any ``H, W`` (padded internally)."""
+        xp, (h0, w0) = pad_to_multiple(x, self.size_multiple)
+        out = self._body(xp)
         if self.residual:
             out = xp + out.to(xp.dtype)
         return out[..., :h0, :w0]

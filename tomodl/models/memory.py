@@ -24,6 +24,9 @@ from typing import Any
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.5}
 #: peak activation elements per input pixel, per base filter (measured 6.56, rounded up)
 ELEMENTS_PER_PIXEL_PER_FILTER = 7.0
+#: peak full-resolution elements per pixel per stem filter at the end of a stem network
+#: (features, shuffled features, their concatenation, the last conv: measured 5.1, rounded up)
+STEM_ELEMENTS_PER_FILTER = 6.0
 #: margin for allocator fragmentation and oneDNN reorder buffers
 MEMORY_SAFETY = 1.35
 #: FP32 bytes per slice pixel besides the activations: normalized input, padded input,
@@ -39,20 +42,28 @@ def bytes_per_pixel(module: Any, dtype: "torch.dtype") -> float:  # noqa: F821
     Parameters
     ----------
     module : tomodl.models.layers.EncoderDecoder
-        Its first level's width (``base_filters``) sets the activation size.
+        Its first level's width (``base_filters``, divided by ``stem**2`` for a
+        space-to-depth stem: measured 157.5 B/pixel in FP32 for ``stem=2, base_filters=24``,
+        i.e. 6.56 elements per pixel per ``24 / 4`` filters; ``stem_filters`` full-resolution
+        features add theirs) sets the activation size.
     dtype : torch.dtype
         Compute dtype of the activations (float32, or bfloat16/float16 under autocast).
 
     Returns
     -------
     float
-        ``MEMORY_SAFETY * ELEMENTS_PER_PIXEL_PER_FILTER * base_filters * itemsize`` bytes.
+        ``MEMORY_SAFETY * ELEMENTS_PER_PIXEL_PER_FILTER * base_filters * itemsize`` bytes
+        (without a stem).
     """
     import torch
 
-    base = module.down[0].conv1[0].out_channels
+    # a space-to-depth stem (ResAttUnet(stem=s)) runs the first level at 1/s of the resolution;
+    # its c full-resolution filters stay alive throughout and peak at the last layer
+    base = module.down[0].conv1[0].out_channels / getattr(module, "stem", 1) ** 2
+    c = getattr(module, "stem_filters", 0)
+    elements = max(ELEMENTS_PER_PIXEL_PER_FILTER * base + c, STEM_ELEMENTS_PER_FILTER * c)
     size = torch.empty((), dtype=dtype).element_size()
-    return MEMORY_SAFETY * ELEMENTS_PER_PIXEL_PER_FILTER * base * size
+    return MEMORY_SAFETY * elements * size
 
 
 def fixed_bytes(module: Any) -> int:

@@ -37,6 +37,7 @@ from tomodl.models.checks import (
     check_finite,
     check_header,
     check_model_args,
+    recorded_args,
     expected_tensors,
     not_safetensors,
     read_json_file,
@@ -209,7 +210,7 @@ def save_weights(
     data = save(_storage_tensors(model, dtype), metadata={"format": "pt", "arch": arch})
     cfg = WeightsConfig(
         arch=arch,
-        model_args=model_args,
+        model_args=recorded_args(model_args),
         normalization=dict(normalization or Policy().to_dict()),
         sparse_factor=None if sparse_factor is None else int(sparse_factor),
         filter_name=filter_name,
