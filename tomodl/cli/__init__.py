@@ -21,6 +21,8 @@ COMMANDS = {
     "simulate": "tomodl.cli.simulate:simulate",
     "train": "tomodl.cli.train:train",
     "evaluate": "tomodl.cli.evaluate:evaluate",
+    "finetune": "tomodl.cli.finetune:finetune",
+    "adapt": "tomodl.cli.finetune:adapt",
 }
 
 

@@ -101,8 +101,8 @@ def _squared_norms(images, y_held, projector):
     """``(||D(P x - y)||^2, ||D y||^2)``, each ``(B,)`` float64."""
     p = projector.forward(images)
     y = p.new_tensor(np.asarray(y_held))
-    num = _ddet(p - y).square().sum(dim=(-2, -1))
-    den = _ddet(y).square().sum(dim=(-2, -1))
+    num = detector_derivative(p - y).square().sum(dim=(-2, -1))
+    den = detector_derivative(y).square().sum(dim=(-2, -1))
     return num.double().cpu().numpy(), den.double().cpu().numpy()
 
 
@@ -111,7 +111,27 @@ def _residual(images, y_held, projector):
     return p - p.new_tensor(np.asarray(y_held))
 
 
-def _ddet(s):
+def detector_derivative(s, sigma: float = 0.0):
+    """Finite difference along the detector (last axis) of sinograms ``(..., n_det)``: the
+    filter of the consistency score and of ``tomodl adapt``'s ``loss_filter="derivative"``,
+    so that detail counts and a smooth offset does not.
+
+    With ``sigma`` > 0 (pixels) the sinograms are first smoothed by a Gaussian (``valid``
+    convolution, ``ceil(3 sigma)`` pixels lost at each end): the derivative of a Gaussian, a
+    band-pass that ignores the detector-pixel-scale ripple of the pixel-driven projector (at
+    45 degrees its projection of an exact block-mean image differs from exact line integrals
+    by ~10x the image's own differentiated signal in squared norm; with ``sigma = 1`` by
+    < 1 %, measured on a 256 px grains phantom).  numpy or torch in, the same kind out
+    (torch: differentiable; ``sigma`` > 0 needs torch).
+    """
+    if sigma > 0:
+        import torch
+
+        r = int(np.ceil(3 * sigma))
+        g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        k = s.new_tensor(g / g.sum()).view(1, 1, -1)
+        flat = s.reshape(-1, 1, s.shape[-1])
+        s = torch.nn.functional.conv1d(flat, k).reshape(s.shape[:-1] + (-1,))
     return s[..., 1:] - s[..., :-1]
 
 

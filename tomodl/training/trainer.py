@@ -8,7 +8,6 @@ best epoch (lowest validation loss) as a released weights folder that
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tomodl.training.checkpoint import latest_checkpoint, load_checkpoint, save_
 from tomodl.training.config import ConfigError, TrainConfig, load_config, to_toml
 from tomodl.training.distributed import DistInfo, all_reduce_sum, dist_info
 from tomodl.training.figures import plot_loss, read_history, write_history
+from tomodl.training.precision import amp_dtype, autocast, grad_scaler
 
 logger = logging.getLogger(__name__)
 
@@ -143,18 +143,12 @@ def _build(cfg: TrainConfig, info: DistInfo, device) -> _Parts:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    amp = cfg.precision == "amp"
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    return _Parts(model, net, opt, sched, scaler, device, amp_dtype)
+    amp = amp_dtype(cfg.precision, device)        # "fp32" or "amp" (config.PRECISIONS)
+    return _Parts(model, net, opt, sched, grad_scaler(device, amp), device, amp)
 
 
 def _autocast(parts: _Parts):
-    import torch
-
-    if parts.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(parts.device.type, dtype=parts.amp_dtype)
+    return autocast(parts.device, parts.amp_dtype)
 
 
 def _loss_fn(name: str):
