@@ -308,9 +308,14 @@ def test_cli_adapt_is_wired(base, tmp_path):
     scan = write_scan(tmp_path / "sparse.h5", np.linspace(0, np.pi, 36, endpoint=False),
                       n_rows=8, n_det=48, center=23.6)
     args = ["adapt", str(scan.path), "--model", str(base), "--center", "23.6", "--ncore", "1",
-            "--no-progress", "--out", str(tmp_path / "m")]
+            "--no-progress", "--out", str(tmp_path / "new" / "m")]   # parents are created
     r = CliRunner().invoke(main, args + ["--minutes", "0.03"])
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("adapt: ") and (tmp_path / "m" / "config.json").is_file()
+    assert r.output.startswith("adapt: ") and (tmp_path / "new" / "m" / "config.json").is_file()
     r = CliRunner().invoke(main, args + ["--minutes", "0.03"])       # exists, no --overwrite
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "already exists" in r.output
+    r = CliRunner().invoke(main, args + ["--minutes", "0.03", "--overwrite", "--no-resume",
+                                         "--proximity", "0"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "new" / "m" / "config.json").read_text())
+    assert cfg["extra"]["finetune"]["task"]["settings"]["proximity"] == 0.0

@@ -219,6 +219,7 @@ def run_budgeted(task: Task, base: Union[str, Path], out: Union[str, Path], cfg:
     folder = resolve_base(base)
     check_replace(out, overwrite=overwrite, kinds=("weights",),
                   protected=[(folder, "base weights folder")])
+    out.parent.mkdir(parents=True, exist_ok=True)        # as tomodl recon does for its output
     lock = OutputLock(out)
     try:
         with torch_threads(cfg.threads):
