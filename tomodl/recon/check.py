@@ -118,10 +118,9 @@ def detector_derivative(s, sigma: float = 0.0):
 
     With ``sigma`` > 0 (pixels) the sinograms are first smoothed by a Gaussian (``valid``
     convolution, ``ceil(3 sigma)`` pixels lost at each end): the derivative of a Gaussian, a
-    band-pass that ignores the detector-pixel-scale ripple of the pixel-driven projector (at
-    45 degrees its projection of an exact block-mean image differs from exact line integrals
-    by ~10x the image's own differentiated signal in squared norm; with ``sigma = 1`` by
-    < 1 %, measured on a 256 px grains phantom).  numpy or torch in, the same kind out
+    band-pass that ignores detector-pixel-scale detail and noise.  (It was introduced against
+    the ripple of an earlier pixel-driven projector near 45 degrees; the footprint projector
+    of :mod:`tomodl.recon.projector` has none.)  numpy or torch in, the same kind out
     (torch: differentiable; ``sigma`` > 0 needs torch).
     """
     if sigma > 0:

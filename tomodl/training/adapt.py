@@ -17,10 +17,12 @@ is (up to noise, which is independent between angles). ``F`` (:data:`LOSS_FILTER
 default a ramp ``|f|`` (with a floor, :data:`RAMP_FLOOR`, for the low frequencies): by the
 Fourier-slice theorem the squared error of the image weights the projections' spectrum by
 ``|f|``, so every scale counts as it does in the image (the detector derivative, ``~f^2``, is
-the alternative). Both come after a Gaussian of :data:`SMOOTH` px: the pixel-driven projector's
-ripple along the detector (strong near 45 degrees) is larger than the image's own fine detail
-there, and a network trained against it learns to pre-distort its output (measured: PSNR
-against the truth fell from 25 to 8 dB in 30 steps while the unsmoothed loss fell).
+the alternative). Both come after a Gaussian of :data:`SMOOTH` px.  It was introduced against
+the ripple of an earlier, pixel-driven projector near 45 degrees (larger than the image's own
+fine detail there; a network trained against it learned to pre-distort its output: PSNR
+against the truth fell from 25 to 8 dB in 30 steps).  The footprint projector of
+:mod:`tomodl.recon.projector` has no such ripple; the smoothing is kept (it also damps the
+detector-pixel noise) and was not re-measured without it.
 
 Validation is the same loss on blocks of rows held out of training, every subset,
 deterministic; the reference scores (FBP of the other subsets, base, adapted) are its square
@@ -75,8 +77,8 @@ PROXIMITY = 10.0
 #: shading error to a training-family foam the release already handles (-0.52 dB in 8 steps,
 #: the held-out loss blind to it); with 8, -0.03 dB, and dendrites still gained +0.34 dB.
 RAMP_FLOOR = 8.0
-#: Gaussian smoothing (detector pixels) before the loss filter: the pixel-driven projector's
-#: ripple along the detector (strong near 45 degrees) must not be what the network learns.
+#: Gaussian smoothing (detector pixels) before the loss filter (introduced against an earlier
+#: projector's ripple near 45 degrees, kept with the footprint projector; see the docstring).
 SMOOTH = 1.0
 
 
