@@ -280,3 +280,61 @@ def make_pairs(scans: Sequence[Any], out: Any, *, sparse: Union[int, Sequence[in
                                                    corrections))
     logger.info("wrote %s: %s", out, {s: int((labels == i).sum()) for i, s in enumerate(SPLITS)})
     return Path(out)
+
+
+def write_slice_pairs(out: Any, groups: Sequence[Dict[str, Any]], *,
+                      sparse: Sequence[int], filter_name: str = "shepp", seed: int = 0,
+                      overwrite: bool = False) -> Path:
+    """Write a pairs file from pairs made in memory (2-D phantoms), in :func:`make_pairs`' format.
+
+    Parameters
+    ----------
+    out : path
+        Pairs file to write (atomically); refused if it exists unless ``overwrite``.
+    groups : sequence of dict
+        One per phantom (the unit of the split): ``split`` (one of :data:`SPLITS`), ``input``
+        and ``target`` ``(n, H, W)`` float32 (FBP input, ground truth in attenuation per pixel),
+        ``n_angles`` ``(n,)`` int (angles behind each input) and ``info`` (a dict with at least
+        ``center``; recorded in the metadata's ``sources``).
+    sparse : sequence of int
+        The sparse factors the inputs were made with (metadata).
+    filter_name : str
+        The FBP filter used (metadata).
+    seed : int
+        Seed of the split (metadata).
+
+    Returns
+    -------
+    Path
+    """
+    import h5py
+
+    from tomodl.io.atomic import atomic_file, check_replace
+    from tomodl.io.ownership import MARK_ATTR
+
+    if not groups:
+        raise SimulationError("no groups given: pass one dict per phantom")
+    bad = sorted({str(g["split"]) for g in groups} - set(SPLITS))
+    if bad:
+        raise SimulationError(f"unknown split(s) {bad}; choose from {list(SPLITS)}")
+    check_replace(out, overwrite=overwrite, kinds=("pairs",))
+    shape = np.shape(groups[0]["target"])[1:]
+    counts = np.array([sum(g["split"] == s for g in groups) for s in SPLITS], np.float64)
+    sources: List[Dict[str, Any]] = []
+    with atomic_file(out, overwrite=overwrite, kinds=("pairs",)) as tmp, \
+            h5py.File(tmp, "w") as f:
+        f.attrs[MARK_ATTR] = "pairs"
+        _create(f, shape)
+        for k, g in enumerate(groups):
+            rec, gt = (np.asarray(g[n], np.float32) for n in ("input", "target"))
+            if rec.shape != gt.shape or gt.shape[1:] != shape:
+                raise SimulationError(f"group {k}: input {rec.shape} and target {gt.shape} must "
+                                      f"be equal and (n, {shape[0]}, {shape[1]})")
+            n_used = np.asarray(g["n_angles"], np.int64)
+            _append(f[g["split"]], rec, gt, n_used, k)
+            sources.append({**g["info"], "n_angles_used": sorted({int(n) for n in n_used}),
+                            "phantom": k, "split": g["split"]})
+        f.attrs["metadata"] = json.dumps(_metadata(sources, list(sparse), filter_name, seed,
+                                                   counts / counts.sum()))
+    logger.info("wrote %s: %s", out, dict(zip(SPLITS, counts.astype(int).tolist())))
+    return Path(out)

@@ -81,6 +81,15 @@ class TrainConfig:
         Synchronize batch-norm statistics across processes (DDP only).
     keep_checkpoints : int
         Number of per-epoch checkpoints kept on disk (the newest ones).
+    init : str
+        Warm start: ``""`` initializes the network at random (seeded); a released model's name
+        (``"resattunet"``: the weights shipped in ``tomodl/weights/<name>/``) or a weights
+        folder loads those weights (through the safetensors loader, never unpickling) before the
+        first epoch.  Their ``arch`` and ``model_args`` must equal the config's.
+    max_minutes : float
+        Wall-clock budget of one invocation of ``train`` in minutes (0 = none): training stops
+        after the epoch that crosses it; ``best/`` holds the best epoch so far, and ``--resume``
+        continues the run.
     """
 
     data: Tuple[str, ...] = ()
@@ -109,6 +118,8 @@ class TrainConfig:
     in_memory: bool = True
     sync_batchnorm: bool = True
     keep_checkpoints: int = 2
+    init: str = ""
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -183,8 +194,9 @@ def _check_values(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"config key {name!r} must be positive, got {value!r}")
-    for name in ("threads", "crop_size", "max_train_slices", "max_val_slices", "val_batch_size"):
-        if getattr(cfg, name) < 0:
+    for name in ("threads", "crop_size", "max_train_slices", "max_val_slices", "val_batch_size",
+                 "max_minutes"):
+        if not getattr(cfg, name) >= 0:
             raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(cfg, name)!r}")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"Unknown precision {cfg.precision!r}; "
@@ -199,6 +211,24 @@ def _check_values(cfg: TrainConfig) -> None:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key 'normalization': {err}") from None
     check_network(cfg.arch, cfg.model_args)
+
+
+def init_source(init: str) -> Path:
+    """The weights folder of config key ``init``: a released model's folder
+    (:func:`tomodl.models.registry.shipped_weights`) or an existing folder, else ConfigError."""
+    from tomodl.errors import WeightsError
+    from tomodl.models.registry import list_models, shipped_weights
+
+    if init in list_models() and not Path(init).is_dir():
+        try:
+            return shipped_weights(init)
+        except WeightsError as err:
+            raise ConfigError(f"config key 'init': {err}") from None
+    if not Path(init).is_dir():
+        raise ConfigError(f"config key 'init': {init!r} is neither a released model "
+                          f"({list_models()}) nor a weights folder; use \"\" for a random "
+                          "initialization")
+    return Path(init)
 
 
 def check_network(arch: str, model_args: Mapping[str, Any], source: str = "training config",

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 #: config fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "device", "threads", "out", "keep_checkpoints", "val_batch_size",
-                     "in_memory")
+                     "in_memory", "max_minutes")
 
 
 @dataclass
@@ -77,12 +77,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Optional[bool] = 
     from tomodl.training.distributed import init, shutdown
 
     cfg.check_files()
+    warm = None if resume or not cfg.init else warm_start_state(cfg)
     info = dist_info()
     device = _device(cfg, info)
     init(info, device)
     try:
         with torch_threads(cfg.threads or None):
-            return _run(cfg, info, device, resume, progress)
+            return _run(cfg, info, device, resume, progress, warm)
     finally:
         shutdown()
 
@@ -124,7 +125,35 @@ def _prepare_out(cfg: TrainConfig, resume: bool, info: DistInfo) -> Optional[Pat
     return ckpt
 
 
-def _build(cfg: TrainConfig, info: DistInfo, device) -> _Parts:
+def warm_start_state(cfg: TrainConfig) -> Dict[str, Any]:
+    """The tensors of the weights named by ``cfg.init`` (config key ``init``), float32.
+
+    Loaded by :func:`tomodl.models.weights.load_weights` (safetensors, checked, never
+    unpickled); :class:`ConfigError` unless their ``arch`` and full ``model_args`` equal the
+    config's.
+    """
+    from tomodl.errors import WeightsError
+    from tomodl.models.checks import check_model_args
+    from tomodl.models.weights import load_weights
+    from tomodl.training.config import init_source
+
+    source = init_source(cfg.init)
+    try:
+        model, wcfg = load_weights(source)
+    except WeightsError as err:
+        raise ConfigError(f"config key 'init': {err}") from None
+    want = check_model_args(cfg.arch, dict(cfg.model_args), "training config")
+    have = check_model_args(wcfg.arch, dict(wcfg.model_args), source)
+    if (wcfg.arch, have) != (cfg.arch, want):
+        raise ConfigError(f"config key 'init': {source} holds {wcfg.arch!r} with {have}, the "
+                          f"config trains {cfg.arch!r} with {want}; set arch and [model_args] "
+                          "to the weights' (see their config.json) or init = \"\"")
+    logger.info("warm start from %s (%s, %s)", source, wcfg.arch, wcfg.training_data)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _build(cfg: TrainConfig, info: DistInfo, device, warm: Optional[Dict[str, Any]] = None
+           ) -> _Parts:
     import torch
 
     from tomodl.models import create_model
@@ -132,9 +161,12 @@ def _build(cfg: TrainConfig, info: DistInfo, device) -> _Parts:
 
     torch.manual_seed(cfg.seed)
     try:
-        model = create_model(cfg.arch, **dict(cfg.model_args)).to(device)
+        model = create_model(cfg.arch, **dict(cfg.model_args))
     except TypeError as err:
         raise ConfigError(f"config key 'model_args' for {cfg.arch!r}: {err}") from None
+    if warm is not None:
+        model.load_state_dict(warm, strict=True)
+    model = model.to(device)
     net = model
     if info.enabled:
         if cfg.sync_batchnorm:
@@ -225,17 +257,18 @@ def _check_sizes(train: D.SliceStore, cfg: TrainConfig, model, world: int) -> No
                           f"({need}); lower batch_size or add data")
 
 
-def _run(cfg: TrainConfig, info: DistInfo, device, resume: bool, progress: Optional[bool]
-         ) -> TrainResult:
+def _run(cfg: TrainConfig, info: DistInfo, device, resume: bool, progress: Optional[bool],
+         warm: Optional[Dict[str, Any]] = None) -> TrainResult:
     from tomodl.training.export import export_best
 
+    t_start = time.monotonic()
     ckpt = _prepare_out(cfg, resume, info)
     policy = D.policy_for(cfg.data, dict(cfg.normalization))
     train_set = D.SliceStore(cfg.data, cfg.train_split, policy, max_slices=cfg.max_train_slices,
                              in_memory=cfg.in_memory)
     val_set = D.SliceStore(cfg.data, cfg.val_split, policy, max_slices=cfg.max_val_slices,
                            in_memory=cfg.in_memory)
-    parts = _build(cfg, info, device)
+    parts = _build(cfg, info, device, warm)
     _check_sizes(train_set, cfg, parts.model, info.world)
     out = Path(cfg.out)
     start, best = 0, {"epoch": 0, "val_loss": float("inf")}
@@ -262,7 +295,20 @@ def _run(cfg: TrainConfig, info: DistInfo, device, resume: bool, progress: Optio
         logger.info("epoch %d/%d: train %.5g, val %.5g, %.1f s%s", row["epoch"], cfg.epochs,
                     row["train_loss"], row["val_loss"], row["seconds"],
                     " (best)" if improved else "")
+        if _out_of_time(cfg, t_start, info, parts.device):
+            logger.info("max_minutes = %g reached after epoch %d of %d; best epoch %d in %s "
+                        "(--resume continues)", cfg.max_minutes, row["epoch"], cfg.epochs,
+                        best["epoch"], out / "best")
+            break
     return TrainResult(out, int(best["epoch"]), float(best["val_loss"]), history, out / "best")
+
+
+def _out_of_time(cfg: TrainConfig, t_start: float, info: DistInfo, device) -> bool:
+    """Whether this invocation has used ``cfg.max_minutes`` (rank 0 decides for all ranks)."""
+    if not cfg.max_minutes:
+        return False
+    late = float(time.monotonic() - t_start >= 60.0 * cfg.max_minutes and info.is_main)
+    return all_reduce_sum([late], device)[0] > 0
 
 
 def _epoch(parts: _Parts, train_set, val_set, cfg: TrainConfig, epoch: int, info: DistInfo,
