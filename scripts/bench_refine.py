@@ -25,7 +25,8 @@ crime), scored against the truth.  PSNR and SSIM (``tomodl.metrics``) inside the
 radius 0.45 N, ``data_range`` = max - min of the reference in that circle (the protocol of
 issue 16, which it reproduces: network 28.34 / 25.85 / 19.11 dB on the tooth).
 
-**Invented structure** (where the truth is known): the output, smoothed by a Gaussian of
+**Invented structure** (where the truth is known; :func:`tomodl.metrics.invented_features`,
+with its default settings): the output, smoothed by a Gaussian of
 sigma 1 px (so that single noisy pixels do not count), is compared with the *local range* of
 the truth, ``[min, max]`` over the 5 x 5 px around each pixel (so that edges displaced by up
 to 2 px do not count).  Where it lies outside that range by more than 0.1 ``data_range`` the
@@ -67,9 +68,6 @@ FLUX = {"low_contrast": 5.0e3}
 DEFAULT_FLUX = 2.0e4
 UPSAMPLE = 3
 CIRCLE = 0.9            # radius 0.45 N
-#: Invented structure: margin outside the truth's local range (fraction of data_range),
-#: the radius of that neighbourhood (px) and the smallest counted feature (px).
-INVENTED_MARGIN, INVENTED_RADIUS, INVENTED_MIN_PX = 0.1, 2, 4
 
 
 @dataclass
@@ -256,23 +254,12 @@ def tv_rows(tv: Callable, case: Case, args, projector=None) -> List[dict]:
 
 
 # -- scores -----------------------------------------------------------------------------------
-def invented(img: np.ndarray, case: Case, *, margin: float = INVENTED_MARGIN):
-    """Invented features of ``img`` (see the module docstring): ``(labels, count, area)``."""
-    from scipy import ndimage
+def invented(img: np.ndarray, case: Case):
+    """Invented features of ``img`` against the case's truth, inside its circle:
+    ``(labels, count, area)`` (:func:`tomodl.metrics.invented_features`)."""
+    from tomodl.metrics import invented_features
 
-    t = np.asarray(case.truth, np.float64)
-    size = 2 * INVENTED_RADIUS + 1
-    hi, lo = ndimage.maximum_filter(t, size), ndimage.minimum_filter(t, size)
-    s = ndimage.gaussian_filter(np.asarray(img, np.float64), 1.0)
-    m = margin * case.data_range
-    labels, n = ndimage.label(((s > hi + m) | (s < lo - m)) & case.mask,
-                              structure=np.ones((3, 3)))
-    if n == 0:
-        return labels, 0, 0
-    area = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(area >= INVENTED_MIN_PX) + 1
-    out = np.where(np.isin(labels, keep), labels, 0)
-    return out, int(keep.size), int(area[keep - 1].sum())
+    return invented_features(img, case.truth, data_range=case.data_range, mask=case.mask)
 
 
 def score(rows: List[dict], case: Case) -> None:

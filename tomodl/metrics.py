@@ -80,3 +80,75 @@ def circle_mask(shape: Tuple[int, int], ratio: float = 1.0) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     r = ratio * min(h, w) / 2.0
     return (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2 <= r * r
+
+
+#: Invented structure (:func:`invented_features`): margin outside the truth's local range
+#: (fraction of ``data_range``), radius of that neighbourhood (px), smallest counted feature
+#: (px) and the smoothing of the output (Gaussian sigma, px).
+INVENTED_MARGIN, INVENTED_RADIUS, INVENTED_MIN_PX, INVENTED_SIGMA = 0.1, 2, 4, 1.0
+
+
+def invented_features(image, truth, *, data_range: float, mask: Optional[np.ndarray] = None,
+                      margin: float = INVENTED_MARGIN, radius: int = INVENTED_RADIUS,
+                      min_px: int = INVENTED_MIN_PX, sigma: float = INVENTED_SIGMA
+                      ) -> Tuple[np.ndarray, int, int]:
+    """Connected features of ``image`` that the ground truth has nowhere nearby.
+
+    The image, smoothed by a Gaussian of ``sigma`` px (so that single noisy pixels do not
+    count), is compared with the truth's *local range*, ``[min, max]`` over the
+    ``(2 radius + 1)^2`` px around each pixel (so that edges displaced by up to ``radius`` px do
+    not count).  Where it lies outside that range by more than ``margin * data_range``, the
+    image shows a value the truth has nowhere nearby: a pore, grain, streak or crack that is not
+    there.  Those pixels (inside ``mask``) form connected features (8-neighbours); features of
+    at least ``min_px`` px are counted.  Blur and lost features are not invented structure
+    (:func:`psnr` and :func:`ssim` see them).
+
+    Parameters
+    ----------
+    image, truth : array_like, shape (H, W)
+        Output and ground truth (any real dtype, same units).
+    data_range : float
+        Peak-to-peak range of the truth (the scale of ``margin``).
+    mask : array_like of bool, shape (H, W), optional
+        Only these pixels can be invented (e.g. :func:`circle_mask`); default: all.
+    margin : float
+        Tolerance outside the local range, fraction of ``data_range``.
+    radius : int
+        Half-width of the truth's neighbourhood, px.
+    min_px : int
+        Smallest counted feature, px.
+    sigma : float
+        Gaussian smoothing of ``image``, px (0: none).
+
+    Returns
+    -------
+    labels : ndarray, shape (H, W), int
+        Counted features labelled ``> 0`` (label values not consecutive), 0 elsewhere.
+    count : int
+        Number of counted features.
+    area : int
+        Their total area, px.
+    """
+    from scipy import ndimage
+
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive, got {data_range}")
+    t = np.asarray(truth, dtype=np.float64)
+    s = np.asarray(image, dtype=np.float64)
+    if s.shape != t.shape or s.ndim != 2:
+        raise ValueError(f"image {s.shape} and truth {t.shape} must be the same 2-D shape")
+    size = 2 * int(radius) + 1
+    hi, lo = ndimage.maximum_filter(t, size), ndimage.minimum_filter(t, size)
+    if sigma > 0:
+        s = ndimage.gaussian_filter(s, sigma)
+    m = margin * data_range
+    out = (s > hi + m) | (s < lo - m)
+    if mask is not None:
+        out &= np.broadcast_to(np.asarray(mask, bool), out.shape)
+    labels, n = ndimage.label(out, structure=np.ones((3, 3)))
+    if n == 0:
+        return labels, 0, 0
+    area = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(area >= min_px) + 1
+    return (np.where(np.isin(labels, keep), labels, 0), int(keep.size),
+            int(area[keep - 1].sum()))
