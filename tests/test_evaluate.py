@@ -114,3 +114,10 @@ def test_empty_splits_are_left_out(tmp_path):
     res = evaluate(pairs, {})
     assert res.splits == ["test"] and res.n_images == {"test": 2}
     assert "nan" not in table_markdown(res)
+
+
+def test_max_slices_scores_exactly_that_many(setup):
+    _, pairs, folders = setup
+    res = evaluate(pairs, {"UNet": folders["UNet"]}, max_slices=2, splits=("train",))
+    assert res.n_images == {"train": 2}
+    assert len(res.scores[("UNet", "train")]) == 2 == len(res.scores[("FBP", "train")])

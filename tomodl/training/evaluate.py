@@ -122,8 +122,9 @@ def evaluate(pairs: str, models: Dict[str, str], *, splits: Sequence[str] = SPLI
         keep = n // 2 if example_slice is None else min(example_slice, n - 1)
         for start in range(0, n, chunk):
             with h5py.File(pairs, "r") as f:
-                x = f[split]["input"][start:start + chunk].astype(np.float32)
-                y = f[split]["target"][start:start + chunk].astype(np.float32)
+                stop = min(start + chunk, n)        # max_slices: exactly n images
+                x = f[split]["input"][start:stop].astype(np.float32)
+                y = f[split]["target"][start:stop].astype(np.float32)
             preds = {FBP: x}
             preds.update({name: denoise(x, d, device=device, dtype=dtype)
                           for name, d in dens.items()})
