@@ -8,7 +8,12 @@ For every case the script runs, on one slice, and times:
   ``fallback`` where tomodl kept the FBP instead);
 * ``refine N``: the network's output refined against the measured projections with ``N``
   iterations (:func:`tomodl.recon.refine.refine` with its default weights, what
-  ``tomodl.recon(..., refine=N)`` runs), for each ``--refine N``; timed as network + refinement;
+  ``tomodl.recon(..., refine=N)`` runs), for each ``--refine N``; timed as network + refinement,
+  the refinement on a batch of as many copies of the slice as TV's sweep has weights (per-slice
+  time = batch time / batch: sparse products cost much less per slice in a batch, and a volume
+  run refines chunks of rows, so both methods are timed in equal batches); each
+  ``--refine-variants`` entry (e.g. ``prior=1`` or ``nonneg=0``) adds ``refine N <variant>``
+  rows with those keywords of :func:`~tomodl.recon.refine.refine` changed;
 * ``tv oracle``: TV (Chambolle-Pock, least squares, non-negative, ``--tv-iters`` iterations,
   :mod:`tomodl.recon.refine`) for each weight of a log-spaced grid; the best PSNR against the
   truth is kept with its weight (an oracle no user has); ``tv fixed``: one fixed weight (the
@@ -44,6 +49,8 @@ Examples::
 
     .venv/bin/python scripts/bench_refine.py --quick          # one seed, 3 TV weights
     .venv/bin/python scripts/bench_refine.py --refine 5 10 20 --out bench_out/refine
+    .venv/bin/python scripts/bench_refine.py --quick --refine 60 --refine-variants "" prior=1 \
+        nonneg=0 --model runs/wide/best                  # settings and another network
 """
 from __future__ import annotations
 
@@ -216,13 +223,18 @@ def run_methods(case: Case, args, tools) -> List[dict]:
     rows = []
     fbp, t = timed(recon, case, "fbp")
     rows.append(dict(method="fbp", img=fbp, time_s=t))
-    net, t_net = timed(recon, case, "fbp+resattunet")
+    net, t_net = timed(recon, case, "fbp+resattunet", model=args.model)
     rows.append(dict(method="network", img=net, time_s=t_net,
                      note="fallback (FBP kept)" if np.array_equal(net, fbp) else ""))
-    for n_it in (args.refine if refine is not None else []):
-        img, t = timed(refine, net[None], case.sino[:, None, :], case.theta, case.center,
-                       iterations=n_it, projector=proj)
-        rows.append(dict(method=f"refine {n_it}", img=img, time_s=t_net + t))
+    batch = tv_batch(tv, args)
+    for n_it, variant in (refine_methods(args) if refine is not None else []):
+        t0 = time.perf_counter()
+        img = np.asarray(refine(np.repeat(net[None], batch, 0),
+                                np.repeat(case.sino[:, None, :], batch, 1), case.theta,
+                                case.center, iterations=n_it, projector=proj,
+                                **variant_kwargs(variant)))[0]
+        t = (time.perf_counter() - t0) / batch
+        rows.append(dict(method=refine_label(n_it, variant), img=img, time_s=t_net + t))
     if tv is not None and args.tv_weights:
         rows.extend(tv_rows(tv, case, args, proj))
     for r in rows:
@@ -230,12 +242,44 @@ def run_methods(case: Case, args, tools) -> List[dict]:
     return rows
 
 
+def refine_methods(args) -> List[tuple]:
+    """``(iterations, variant)`` of every refine row, in table order."""
+    return [(n, v) for n in args.refine for v in args.refine_variants]
+
+
+def refine_label(n_it: int, variant: str) -> str:
+    return f"refine {n_it}" + (f" {variant}" if variant else "")
+
+
+def variant_kwargs(variant: str) -> dict:
+    """``"prior=1,nonneg=0"`` -> ``{"prior": 1.0, "nonneg": False}`` (``""``: the defaults)."""
+    kw = {}
+    for item in filter(None, variant.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("prior", "weight", "nonneg"):
+            raise SystemExit(f"--refine-variants: unknown key {key!r} (prior, weight, nonneg)")
+        kw[key] = bool(int(value)) if key == "nonneg" else float(value)
+    return kw
+
+
+def tv_weights(tv: Callable, args) -> List[float]:
+    """The TV weights of one case's batch: the grid and the fixed weight."""
+    fixed = args.tv_fixed if args.tv_fixed is not None else tv_default_weight(tv)
+    return sorted(set(args.tv_weights) | ({fixed} if fixed is not None else set()))
+
+
+def tv_batch(tv: Optional[Callable], args) -> int:
+    """Slices per solve in TV's weight sweep; the refinement is timed on a batch of as many
+    (copies of the slice), so that both per-slice times come from equal batches."""
+    return len(tv_weights(tv, args)) if tv is not None and args.tv_weights else 1
+
+
 def tv_rows(tv: Callable, case: Case, args, projector=None) -> List[dict]:
     """``tv oracle`` (best PSNR over the weight grid) and ``tv fixed`` rows."""
     from tomodl.metrics import psnr
 
     fixed = args.tv_fixed if args.tv_fixed is not None else tv_default_weight(tv)
-    weights = sorted(set(args.tv_weights) | ({fixed} if fixed is not None else set()))
+    weights = tv_weights(tv, args)
     t0 = time.perf_counter()
     imgs = run_tv(tv, case, weights, args.tv_iters, projector)
     t = (time.perf_counter() - t0) / len(weights)
@@ -396,6 +440,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="angles over 180 degrees of the simulated scans")
     ap.add_argument("--size", type=int, default=256, help="simulated slice size, px")
     ap.add_argument("--refine", type=int, nargs="*", default=[5, 10, 20], metavar="N")
+    ap.add_argument("--refine-variants", nargs="*", default=[""], metavar="K=V[,K=V]",
+                    help="refine settings tried beside each N ('' = the defaults; keys prior, "
+                    "weight, nonneg), e.g. '' prior=1 nonneg=0")
+    ap.add_argument("--model", default=None,
+                    help="network of the 'network' rows: a released name or a weights folder "
+                    "(default: the shipped default)")
     ap.add_argument("--tv-weights", type=float, nargs="*", default=None,
                     help="oracle grid of relative weights (default 0.003 0.01 0.03 0.1 0.3; "
                     "quick: 0.01 0.03 0.1)")
@@ -416,8 +466,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def method_order(args, refine_ok: bool, tv_ok: bool) -> List[str]:
     """Column order of tables and figures."""
     tv = ["tv oracle", "tv fixed"] if tv_ok and args.tv_weights else []
-    return ["fbp"] + tv + ["network"] + ([f"refine {n}" for n in args.refine] if refine_ok
-                                          else [])
+    return ["fbp"] + tv + ["network"] + ([refine_label(n, v) for n, v in refine_methods(args)]
+                                          if refine_ok else [])
 
 
 def main(argv=None) -> None:
@@ -440,8 +490,8 @@ def main(argv=None) -> None:
     elif args.tooth_factors:
         print(f"no scan at {args.scan}: tooth skipped")
     cases += sim_cases(args.families, args.seeds, args.counts, args.size, args.out / "cache")
-    for alg in ("fbp", "fbp+resattunet"):       # first-call costs (imports, threads) untimed
-        recon(cases[0], alg)
+    recon(cases[0], "fbp")                      # first-call costs (imports, threads) untimed
+    recon(cases[0], "fbp+resattunet", model=args.model)
     all_rows: List[dict] = []
     by_case: Dict[str, Dict[int, List[dict]]] = {}
     for case in cases:

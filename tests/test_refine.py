@@ -77,6 +77,22 @@ def test_refine_zero_is_identity_and_settings(scan):
         refine(net[:, :10], sino, THETA)
 
 
+def test_refine_keeps_absorption_nonnegative_unless_told(scan):
+    """Default: the refined image is >= 0 (absorption); ``nonneg=False`` follows data whose
+    object really is negative (e.g. propagation fringes), and the settings record it."""
+    neg = np.array([(0.0, 0.0, 12.0, 9.0, 0.0, -0.01)])
+    sino = ellipse_sinogram(neg, THETA, N, N / 2).astype(np.float32)[:, None, :]
+    start = fbp(np.swapaxes(sino, 0, 1), THETA)
+    default = refine(start, sino, THETA, iterations=20)
+    signed = refine(start, sino, THETA, iterations=20, nonneg=False)
+    assert default.min() >= 0.0
+    assert signed[0][fov()].min() < -0.005
+    assert RefineSettings(iterations=5).provenance()["nonneg"] is True
+    assert RefineSettings(iterations=5, nonneg=False).provenance()["nonneg"] is False
+    with pytest.raises(TomodlError, match="True or False"):
+        RefineSettings(iterations=5, nonneg="no")
+
+
 def test_refine_is_scale_free(scan):
     """Weights are relative: scaling data and image by c scales the result by c."""
     _, sino, _, net = scan
@@ -119,6 +135,8 @@ def test_recon_refine_wiring(scan):
     np.testing.assert_array_equal(tomodl.recon(sino, THETA, algorithm="fbp", refine=0), plain)
     with pytest.raises(ValueError, match="fbp\\+<model>"):
         tomodl.recon(sino, THETA, algorithm="fbp", refine=3)
+    with pytest.raises(ValueError, match="refine=N"):
+        tomodl.recon(sino, THETA, algorithm="fbp", refine_nonneg=False)
 
 
 def test_recon_refine_with_a_model(scan, tmp_path):
@@ -176,7 +194,17 @@ def test_cli_refine_runs_the_pipeline_and_records_it(tmp_path):
             outs[n_it] = (f["/exchange/data"][()], json.loads(f.attrs["provenance"]))
     assert outs[0][1]["refine"] is None
     assert outs[10][1]["refine"]["iterations"] == 10
+    assert outs[10][1]["refine"]["nonneg"] is True
     assert not np.allclose(outs[0][0], outs[10][0])
+    out = tmp_path / "signed.h5"
+    res = CliRunner().invoke(main, base + ["--refine", "10", "--refine-allow-negative",
+                                           "--out-path", str(out)])
+    assert res.exit_code == 0, res.output + res.stderr
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["provenance"])["refine"]["nonneg"] is False
+    res = CliRunner().invoke(main, base + ["--refine-allow-negative", "--out-path",
+                                           str(tmp_path / "y.h5")])
+    assert res.exit_code == 2 and "--refine N" in res.stderr
     res = CliRunner().invoke(main, ["recon", str(scan.path), "--algorithm", "fbp", "--refine",
                                     "5", "--out-path", str(tmp_path / "x.h5")])
     assert res.exit_code == 2 and "refine" in res.stderr

@@ -257,7 +257,9 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         (``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"``) and ``sparse`` (the data are
         1 in ``sparse`` angles of a full scan: the shipped weights trained for that factor),
         and ``refine`` (``N`` iterations refining the network's output against the measured
-        projections, 0 = off; :mod:`tomodl.recon.refine`, ``docs/refine.md``).
+        projections, 0 = off; :mod:`tomodl.recon.refine`, ``docs/refine.md``) with
+        ``refine_nonneg`` (default True: the refined images stay non-negative; False for data
+        with real negative values, such as propagation fringes without phase retrieval).
 
     Returns
     -------
@@ -286,7 +288,7 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         return _recon_callable(algorithm, sinos, centers, th, n, rows, ncore,
                                dict(kwargs, filter_name=filter_name), device)
     alg = parse_algorithm(algorithm)
-    refiner = _refiner(alg, kwargs.pop("refine", 0), th)
+    refiner = _refiner(alg, kwargs.pop("refine", 0), kwargs.pop("refine_nonneg", True), th)
     fbp_kw, model_kw = _split_kwargs(alg, kwargs)
     step = load_model_step(alg, model_kw, filter_name, th, device=device, n_grid=n)
     return _recon_chunks(sinos, th, centers, n, rows, step,
@@ -311,12 +313,15 @@ def _bound(step, fbp_kw):
     return lambda rec: step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
 
 
-def _refiner(alg: Algorithm, refine, theta):
+def _refiner(alg: Algorithm, refine, nonneg, theta):
     """The :class:`~tomodl.recon.refine.Refiner` of ``refine=N`` (None when 0)."""
     from tomodl.recon.refine import Refiner, RefineSettings
 
-    settings = RefineSettings(iterations=refine)
+    settings = RefineSettings(iterations=refine, nonneg=nonneg)
     if not settings.iterations:
+        if nonneg is False:
+            raise TomodlError("refine_nonneg=False only changes the refinement",
+                              fix="add refine=N or drop refine_nonneg")
         return None
     if alg.model is None:
         raise TomodlError(f"refine={refine} refines a network's output against the data; it "

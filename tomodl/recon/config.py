@@ -69,6 +69,9 @@ class ReconConfig:
     refine : int
         Iterations refining the network's output against the measured projections
         (:mod:`tomodl.recon.refine`; 0 = off; only with ``"fbp+<model>"``).
+    refine_nonneg : bool
+        Keep the refined images non-negative (absorption data; default True).  False for data
+        with real negative values (propagation fringes without phase retrieval).
     sparse : int, optional
         The scan is 1 in ``sparse`` angles of a full scan: without ``model``, use the shipped
         weights trained for that factor (default: chosen by the projections per half turn).
@@ -118,6 +121,7 @@ class ReconConfig:
     batch_size: Optional[int] = None
     dtype: Optional[str] = None
     refine: int = 0
+    refine_nonneg: bool = True
     device: str = "auto"
     ncore: Optional[int] = None
     progress: bool = True
@@ -137,9 +141,7 @@ class ReconConfig:
                  if getattr(self, k) is not None]
         if self.refine:
             given.append(f"refine={self.refine!r}")
-        from tomodl.recon.refine import RefineSettings
-
-        RefineSettings(iterations=self.refine)  # checks the value
+        self.refine_settings()                      # checks the values
         if alg.model is None and given:
             raise ValueError(f"{', '.join(given)}: only used by a denoising algorithm "
                              f"(fbp+<model>), not by {self.algorithm!r}; drop it or choose one "
@@ -165,6 +167,15 @@ class ReconConfig:
             raise ValueError("give either workers (a local Dask cluster) or scheduler (an "
                              "existing one), not both")
 
+    def refine_settings(self):
+        """The :class:`tomodl.recon.refine.RefineSettings` of ``refine`` and ``refine_nonneg``
+        (checks them: ``refine_nonneg=False`` without ``refine`` is refused)."""
+        from tomodl.recon.refine import RefineSettings
+
+        if self.refine_nonneg is False and not self.refine:
+            raise ValueError("refine_nonneg=False (--refine-allow-negative) only changes the "
+                             "refinement; add refine=N (--refine N) or drop it")
+        return RefineSettings(iterations=self.refine, nonneg=self.refine_nonneg)
 
     def _check_try_range(self) -> None:
         from tomodl.recon.center import MAX_TRIAL_CENTERS

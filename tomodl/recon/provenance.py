@@ -52,9 +52,7 @@ def provenance(path, info, cfg: ReconConfig, center: float, command: str, spec=N
 
 
 def _refine_record(cfg: ReconConfig):
-    from tomodl.recon.refine import RefineSettings
-
-    return RefineSettings(iterations=cfg.refine).provenance()
+    return cfg.refine_settings().provenance()
 
 
 def _user() -> str:

@@ -46,6 +46,11 @@ REFINE_ITERATIONS = 60
 REFINE_PRIOR = 3.0
 REFINE_WEIGHT = None
 REFINE_WEIGHT_SCALE = 0.05
+#: Absorption data: the refined image is constrained to be non-negative by default (measured:
+#: the largest single gain of the refinement at 19 and 10 projections, docs/refine.md);
+#: ``nonneg=False`` (``--refine-allow-negative``) for data with real negative values, such as
+#: propagation fringes without phase retrieval or offsets from a poor flat field.
+REFINE_NONNEG = True
 #: ``(prior, weight)`` pairs that :func:`select_weights` chooses among, with held-out angles
 #: (one in ``HOLDOUT_EVERY``) and iterations per candidate.
 CANDIDATES = ((0.3, 0.03), (1.0, 0.1), (3.0, 0.03), (3.0, 0.1), (10.0, 0.03), (10.0, 0.1))
@@ -379,7 +384,7 @@ def tv_reconstruct(sino, theta, center=None, weight=TV_WEIGHT, iterations: int =
 
 
 def refine(x_net, sino, theta, center=None, iterations: int = REFINE_ITERATIONS, *,
-           prior=REFINE_PRIOR, weight=REFINE_WEIGHT, nonneg: bool = False, denoise=None,
+           prior=REFINE_PRIOR, weight=REFINE_WEIGHT, nonneg: bool = REFINE_NONNEG, denoise=None,
            sinogram_order: bool = False, device="auto", ncore=None, projector=None):
     """Refine images against the measured projections, keeping them as the prior.
 
@@ -401,7 +406,8 @@ def refine(x_net, sino, theta, center=None, iterations: int = REFINE_ITERATIONS,
         experimental): chosen by :func:`select_weights` on the middle row, by how well each
         candidate predicts measured angles held out of its refinement.
     nonneg : bool
-        Constrain the result to be non-negative (absorption data).
+        Constrain the result to be non-negative (absorption data; default
+        :data:`REFINE_NONNEG`).
     denoise : callable, optional
         The network step that made ``x_net`` (``f(fbp images) -> images``): with ``"auto"``
         weights the held-out check then starts from the network's output for the kept angles
@@ -451,18 +457,20 @@ class RefineSettings:
     prior, weight : float (weight also None: :func:`default_weight`)
         Relative proximity and TV weights (:func:`refine`).
     nonneg : bool
-        Constrain the result to be non-negative.
+        Constrain the result to be non-negative (:data:`REFINE_NONNEG`).
     """
 
     iterations: int = 0
     prior: Any = REFINE_PRIOR
     weight: Any = REFINE_WEIGHT
-    nonneg: bool = False
+    nonneg: bool = REFINE_NONNEG
 
     def __post_init__(self) -> None:
         it = self.iterations
         if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or it < 0:
             raise TomodlError(f"refine must be a number of iterations >= 0 (0 = off), got {it!r}")
+        if not isinstance(self.nonneg, (bool, np.bool_)):
+            raise TomodlError(f"refine nonneg must be True or False, got {self.nonneg!r}")
         for name in ("prior", "weight"):
             v = getattr(self, name)
             if v is None and name == "weight":

@@ -151,20 +151,21 @@ class RunCache:
                                             device=cfg.device, ncore=cfg.ncore)
             return self._plans[key]
 
-    def refiner(self, iterations: int, theta: np.ndarray) -> Any:
-        """The run's :class:`tomodl.recon.refine.Refiner` for ``iterations`` and ``theta``."""
+    def refiner(self, cfg: ReconConfig, theta: np.ndarray) -> Any:
+        """The run's :class:`tomodl.recon.refine.Refiner` for ``cfg`` and ``theta``."""
         th = np.asarray(theta, np.float64)
-        key = (int(iterations), th.tobytes())
+        settings = cfg.refine_settings()
+        key = (settings, th.tobytes())
         with self._lock:
             if key not in self._refiners:
-                self._refiners[key] = _refiner(iterations, th)
+                self._refiners[key] = _refiner(cfg, th)
             return self._refiners[key]
 
 
-def _refiner(iterations: int, theta: np.ndarray) -> Any:
-    from tomodl.recon.refine import Refiner, RefineSettings
+def _refiner(cfg: ReconConfig, theta: np.ndarray) -> Any:
+    from tomodl.recon.refine import Refiner
 
-    return Refiner(RefineSettings(iterations=iterations), np.asarray(theta, np.float64))
+    return Refiner(cfg.refine_settings(), np.asarray(theta, np.float64))
 
 
 def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: ReconConfig,
@@ -189,8 +190,8 @@ def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: R
         with _timed(clock, "refine"):
             denoise = None if step is None else \
                 (lambda r: step(r, device=cfg.device, ncore=cfg.ncore))
-            refiner = (_refiner(cfg.refine, theta) if plans is None
-                       else plans.refiner(cfg.refine, theta))
+            refiner = (_refiner(cfg, theta) if plans is None
+                       else plans.refiner(cfg, theta))
             rec = refiner(rec, np.swapaxes(proj, 0, 1), center, device=cfg.device,
                           ncore=cfg.ncore, denoise=denoise)
     return np.asarray(rec, dtype=np.float32)
