@@ -51,7 +51,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import logging
 import os
@@ -245,19 +244,10 @@ CSV_FIELDS = ("group", "case", "n_proj", "method", "psnr", "ssim", "psnr8", "n_i
 
 def write_csv(rows: List[dict], path: Path) -> None:
     """One line per case, angle count and method (atomic)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.4g}" if isinstance(r.get(k), float) else r.get(k, ""))
-                        for k in CSV_FIELDS})
-    os.replace(tmp, path)
+    BR.write_csv(rows, path, CSV_FIELDS)
 
 
-def _mean(rows, key) -> float:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return float(np.mean(vals)) if vals else float("nan")
+_mean = BR._mean
 
 
 def heldout_table(rows: List[dict], methods: List[str]) -> List[str]:
@@ -432,11 +422,7 @@ def finish(held, rows, methods, args, load0, elapsed: float, times) -> None:
                  for r in rows if r.get("fallback") == "" and not r["right"]]
         text += ["Default fell back to the FBP: " + ("; ".join(fired) or "never"),
                  "", "Network kept although FBP was better: " + ("; ".join(wrong) or "never")]
-    md = "\n".join(text) + "\n"
-    tmp = args.out / "summary.md.tmp"
-    tmp.write_text(md, encoding="utf-8")
-    os.replace(tmp, args.out / "summary.md")
-    print(md)
+    print(BR.write_markdown(text, args.out / "summary.md"))
     print(f"wrote {args.out}/summary.md, rows.csv and the figures")
 
 

@@ -323,16 +323,25 @@ CSV_FIELDS = ("case", "n_proj", "method", "weight", "psnr", "ssim", "time_s", "i
               "inv_px", "build_s", "note")
 
 
-def write_csv(rows: List[dict], path: Path) -> None:
-    """One line per case, angle count and method (atomic)."""
+def write_csv(rows: List[dict], path: Path, fields=CSV_FIELDS) -> None:
+    """One line per case, angle count and method (atomic); columns ``fields``."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{r[k]:.4g}" if isinstance(r.get(k), float) else r.get(k, ""))
-                        for k in CSV_FIELDS})
+                        for k in fields})
     os.replace(tmp, path)
+
+
+def write_markdown(lines: List[str], path: Path) -> str:
+    """Write ``lines`` to ``path`` atomically; return the text."""
+    md = "\n".join(lines) + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(md, encoding="utf-8")
+    os.replace(tmp, path)
+    return md
 
 
 def _mean(rows, key):
@@ -531,11 +540,7 @@ def finish(rows: List[dict], methods: List[str], args, load0, elapsed: float) ->
     notes = [f"{r['case']}@{r['n_proj']}" for r in rows if r.get("note", "").startswith("fall")]
     text += ["", "TV oracle at the edge of its weight grid: " + (", ".join(edge) or "none"),
              "network fell back to the FBP: " + (", ".join(notes) or "none")]
-    md = "\n".join(text) + "\n"
-    tmp = args.out / "table.md.tmp"
-    tmp.write_text(md, encoding="utf-8")
-    os.replace(tmp, args.out / "table.md")
-    print(md)
+    print(write_markdown(text, args.out / "table.md"))
     print(f"wrote {args.out}/table.md, table.csv and one PNG per case")
 
 
