@@ -12,6 +12,10 @@ a. **held-out foam phantoms**, ``data/heldout_xK.h5`` (``scripts/make_training_d
 b. **the tooth** (``../shared/data/tooth.h5`` row 0, every 4th/10th/20th of 181 angles), scored
    against tomodl's full-angle FBP of all 181 angles (``scripts/bench_refine.py``'s protocol:
    circle of radius 0.45 N, ``data_range`` = max - min of the reference inside it).
+b2. **tomo77** (``../shared/data/tomo77``, a real nanoCT scan of nanoporous gold from another
+   beamline, already -log), rows ``--tomo77-rows`` at every 10th/20th/40th of its 451 angles
+   (46/23/12), each against its own full-angle FBP, same protocol as the tooth: a sample
+   unlike any training phantom.
 c. **simulated texture phantoms** (:mod:`tomodl.sim.textures`, ``--size`` px, ``--seeds``, at
    ``--counts`` angles over 180 degrees, projected on a 3x finer grid with Poisson noise: the
    no-inverse-crime cases of ``bench_refine.py``, same seeds and noise), scored against the
@@ -34,8 +38,9 @@ network against the truth (higher PSNR); on the tooth "truth" is the full-angle 
 
 Outputs in ``--out`` (default ``bench_out/default``): ``summary.md`` (also printed),
 ``rows.csv`` (one row per case, angle count and method), figures ``heldout_foam.png``,
-``tooth.png`` and ``sim_<family>.png`` (first seed; rows: angle counts; columns: truth or
-reference | FBP | models, one grey range per figure, invented features outlined in red).
+``tooth.png``, ``tomo77.png`` (first row) and ``sim_<family>.png`` (first seed; rows: angle
+counts; columns: truth or reference | FBP | models, one grey range per figure, invented
+features outlined in red).
 Simulated sinograms are cached in ``--cache`` (default ``bench_out/sim_cache``, shared by runs;
 file names as in ``bench_refine.py``'s cache, so either serves both; delete it after changing
 the simulation).  Defaults (seeds 0 1 2, all 96 held-out foam slices per factor, two models):
@@ -231,6 +236,22 @@ def save_figure(by_count, path: Path, methods: List[str]) -> None:
     print(f"wrote {path}", flush=True)
 
 
+def tomo77_cases(path: Path, factors, rows) -> list:
+    """Rows of the tomo77 scan (already -log) at every ``k``-th angle, against the full-angle
+    FBP; the centre found on the full scan (``tomodl.find_center``)."""
+    import h5py
+
+    import tomodl
+
+    with h5py.File(path, "r") as f:
+        proj = np.asarray(f["/exchange/data"][:, list(rows), :], dtype=np.float32)
+        theta = np.deg2rad(np.asarray(f["/exchange/theta"][()], dtype=np.float64))
+    center = float(tomodl.find_center(proj, theta))
+    ref = tomodl.recon(proj, theta, center, algorithm="fbp", filter_name="shepp")
+    return [BR.Case(f"tomo77-r{r}", len(theta[::k]), proj[::k, i], np.asarray(theta[::k]),
+                    center, ref[i], False) for i, r in enumerate(rows) for k in factors]
+
+
 def sim_group(case) -> str:
     fam = case.name.rsplit("-s", 1)[0]
     return ("held-out family: " if fam in HELD_OUT else "trained family, new seeds: ") + fam
@@ -272,7 +293,8 @@ def case_table(rows: List[dict], methods: List[str]) -> List[str]:
            f"PSNR vs {ref} (wins) | default keeps FBP | keep/apply right | PSNR as default |",
            "|---" * 11 + "|"]
     groups = sorted({(r["group"], r["n_proj"]) for r in rows},
-                    key=lambda g: (not g[0].startswith("tooth"), "trained" in g[0], g[0], -g[1]))
+                    key=lambda g: (not g[0].startswith(("tooth", "tomo77")), "trained" in g[0],
+                                  g[0], -g[1]))
     for grp, m in groups:
         sel = [r for r in rows if r["group"] == grp and r["n_proj"] == m]
         base = {r["case"]: r for r in sel if r["method"] == ref}
@@ -334,6 +356,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="first N slices of each held-out file (default 0: all; quick: 8)")
     ap.add_argument("--scan", type=Path, default=BR.DEFAULT_SCAN)
     ap.add_argument("--tooth-factors", type=int, nargs="*", default=[4, 10, 20])
+    ap.add_argument("--tomo77", type=Path, default=REPO.parent / "shared" / "data" / "tomo77" /
+                    "tomo77_minuslog.h5")
+    ap.add_argument("--tomo77-rows", type=int, nargs="*", default=[31, 36, 41, 46])
+    ap.add_argument("--tomo77-factors", type=int, nargs="*", default=[10, 20, 40])
+    ap.add_argument("--skip-tomo77", action="store_true")
     ap.add_argument("--skip-heldout", action="store_true")
     ap.add_argument("--skip-tooth", action="store_true")
     ap.add_argument("--skip-sim", action="store_true")
@@ -382,6 +409,16 @@ def main(argv=None) -> None:
         else:
             print(f"no scan at {args.scan}: tooth skipped", flush=True)
         times["tooth"] = time.perf_counter() - t0
+    if not args.skip_tomo77:
+        t0 = time.perf_counter()
+        if args.tomo77.is_file():
+            cases = tomo77_cases(args.tomo77, args.tomo77_factors, args.tomo77_rows)
+            first = f"tomo77-r{args.tomo77_rows[0]}"
+            rows += run_cases(cases, lambda c: "tomo77 (real; vs full-angle FBP)", models, args,
+                              lambda c: "tomo77" if c.name == first else None)
+        else:
+            print(f"no scan at {args.tomo77}: tomo77 skipped", flush=True)
+        times["tomo77"] = time.perf_counter() - t0
     if not args.skip_sim:
         t0 = time.perf_counter()
         fams = list(args.held_out) + list(args.trained)
