@@ -8,6 +8,7 @@ import re
 import subprocess
 import threading
 import tracemalloc
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -140,6 +141,29 @@ def test_chunk_rows_follow_the_budget_not_the_volume(scan):
                            denoised=False)
     cfg = ReconConfig(algorithm="fbp", center=13.6, max_memory=2**30)
     assert plan_chunks(info, cfg) == [(r, r + 2) for r in range(0, 12, 2)]
+
+
+def test_refinement_is_in_the_budget():
+    """--refine adds the solver's per-row state and the projector (at its sparse build peak, or
+    the grid kernels' blocks) to the budget, and the auto backend is the projector's own."""
+    from tomodl.recon.chunks import plan_memory
+    from tomodl.recon.projector import (SPARSE_PEAK_BYTES, ParallelProjector, choose_backend,
+                                        projector_bytes)
+
+    info = SimpleNamespace(n_angles=37, n_det=29, n_flat=2, n_dark=2, n_rows=400)
+    assert budget.per_row_bytes(info, 29, 1, True, refined=True) == \
+        budget.per_row_bytes(info, 29, 1, True) + budget.REFINE_BYTES_PER_GRID_PIXEL * 29 ** 2 \
+        + budget.REFINE_BYTES_PER_SINO_PIXEL * 29 * 37
+    assert projector_bytes(29, 37) == 29 * 29 * 37 * SPARSE_PEAK_BYTES
+    assert choose_backend("auto", 4096 ** 2 * 1500) == "grid"
+    assert projector_bytes(4096, 1500, threads=2) < 2**28          # never the huge matrices
+    assert ParallelProjector(29, np.linspace(0, np.pi, 37), 29).backend == \
+        choose_backend("auto", 29 * 29 * 37)
+    plain = plan_memory(info, ReconConfig(algorithm="fbp+unet", center=13.6, max_memory=2**30))
+    refined = plan_memory(info, ReconConfig(algorithm="fbp+unet", center=13.6,
+                                            max_memory=2**30, refine=10))
+    assert refined.fixed == plain.fixed + projector_bytes(29, 37, threads=budget.cpu_threads(None))
+    assert refined.per_row > plain.per_row
 
 
 @pytest.mark.parametrize("n", [29, 64, 300])

@@ -13,18 +13,20 @@ input queue                 ``4 D A`` per queued chunk
 reconstruction              ``4 D A`` (line integrals) + ``4 D A`` (sinogram copy)
                             + ``4 N^2`` (FBP slices) [+ ``4 N^2`` denoised slices]
 output queue and writer     ``4 N^2`` per chunk
+refinement (``--refine``)   ``96 N^2 + 16 D A``: the solver's images, gradients and duals
 ==========================  =====================================================
 
 On top come fixed amounts that do not grow with the chunk: the FBP workspace (each CPU thread
 filters and back-projects two rows at a time: padded sinograms, FFT buffers and an
-oversampled grid, :func:`fbp_workspace`) and, with a denoiser on the CPU, its weights and
-activations (:func:`denoiser_memory`).  :func:`plan_memory` splits one budget once between the
-network (passed on as ``max_memory`` to :func:`tomodl.models.inference.denoise`) and the chunks:
-the network gets at least its minimum (one whole slice, or tiles whose core is at least
-:data:`MIN_TILE_MARGINS` receptive margins wide, so tiling never costs more than 4x the
-computation), and a budget below the minimum of the whole run is refused with the exact
-minimum, which then works.  ``scripts/bench_volume.py`` prints this estimate next to the
-measured peak RSS.
+oversampled grid, :func:`fbp_workspace`), with ``--refine`` the projector
+(:func:`tomodl.recon.projector.projector_bytes`: its sparse matrices at their build peak) and,
+with a denoiser on the CPU, its weights and activations (:func:`denoiser_memory`).
+:func:`plan_memory` splits one budget once between the network (passed on as ``max_memory``
+to :func:`tomodl.models.inference.denoise`) and the chunks: the network gets at least its
+minimum (one whole slice, or tiles whose core is at least :data:`MIN_TILE_MARGINS` receptive
+margins wide, so tiling never costs more than 4x the computation), and a budget below the
+minimum of the whole run is refused with the exact minimum, which then works.
+``scripts/bench_volume.py`` prints this estimate next to the measured peak RSS.
 """
 from __future__ import annotations
 
@@ -43,6 +45,12 @@ MIN_CHUNKS = 8
 #: workspace (complex128 padded rows, complex64 2x oversampled grid; conservative).
 FBP_BYTES_PER_SINO_PIXEL = 48
 FBP_BYTES_PER_GRID_PIXEL = 32
+#: Bytes per output pixel and per (angle x detector column) of one row being refined
+#: (:func:`tomodl.recon.refine.solve`: ~24 float32 images, gradients, temporaries and the
+#: returned copy; measured 69-102 bytes per pixel at 256 px, 90 angles, 8-32 rows; 4
+#: sinogram-sized duals and residuals).
+REFINE_BYTES_PER_GRID_PIXEL = 96
+REFINE_BYTES_PER_SINO_PIXEL = 16
 #: Slices per denoiser batch that the budget is sized for on the CPU (more does not speed up).
 DENOISE_BATCH = 4
 #: Smallest tile core the network is given, in receptive margins (a tile of core ``c`` and
@@ -153,17 +161,20 @@ class MemoryPlan:
         return self.fixed + self.denoiser + self.rows * self.per_row
 
 
-def per_row_bytes(info: Any, n_grid: int, queue_depth: int, denoised: bool) -> int:
+def per_row_bytes(info: Any, n_grid: int, queue_depth: int, denoised: bool,
+                  refined: bool = False) -> int:
     """Bytes alive per detector row of a chunk (module docstring table)."""
     a, d = info.n_angles, info.n_det
     frames = 4 * d * (3 * a + info.n_flat + info.n_dark + queue_depth * a + 2 * a)
     slices = 4 * n_grid ** 2 * ((2 if denoised else 1) + queue_depth + 1)
-    return int(frames + slices)
+    refine = (REFINE_BYTES_PER_GRID_PIXEL * n_grid ** 2 + REFINE_BYTES_PER_SINO_PIXEL * d * a
+              if refined else 0)
+    return int(frames + slices + refine)
 
 
 def plan_memory(info: Any, n_rows: int, *, n_grid: int, queue_depth: int, budget: int,
                 fixed: int, denoised: bool, nsino_per_chunk: Optional[int] = None,
-                denoiser: Optional[DenoiserMemory] = None) -> MemoryPlan:
+                denoiser: Optional[DenoiserMemory] = None, refined: bool = False) -> MemoryPlan:
     """Split ``budget`` once between the network and the chunks.
 
     The network (``denoiser``, on the CPU) gets what it wants, at most half of what is left
@@ -177,7 +188,7 @@ def plan_memory(info: Any, n_rows: int, *, n_grid: int, queue_depth: int, budget
         ``budget`` cannot hold the workspace, the network's minimum and one row; the message
         names the smallest budget that works.
     """
-    per_row = per_row_bytes(info, n_grid, queue_depth, denoised)
+    per_row = per_row_bytes(info, n_grid, queue_depth, denoised, refined)
     net = 0
     if denoiser is not None:
         net = denoiser.share(min((budget - fixed) // 2, budget - fixed - per_row))
@@ -189,7 +200,8 @@ def plan_memory(info: Any, n_rows: int, *, n_grid: int, queue_depth: int, budget
         net_msg = "" if denoiser is None else \
             f", {net / 2**20:.1f} MiB for the denoiser (weights and activations)"
         raise ValueError(f"max_memory {budget / 2**20:.1f} MiB is too small for this scan: it "
-                         f"needs {fixed / 2**20:.1f} MiB of FBP workspace{net_msg} and "
+                         f"needs {fixed / 2**20:.1f} MiB of FBP (and refinement) workspace"
+                         f"{net_msg} and "
                          f"{per_row / 2**20:.1f} MiB per row of a chunk; pass --max-memory "
                          f"{need}M or more, or fewer threads with --ncore")
     rows = int(min(fit, max(1, math.ceil(n_rows / MIN_CHUNKS))))

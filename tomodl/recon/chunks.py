@@ -25,14 +25,20 @@ def plan_memory(info, cfg: ReconConfig, spec=None):
 
     start, stop = select_rows(info, cfg)
     total = cfg.max_memory or default_max_memory()
-    fixed = (fbp_workspace(info.n_angles, info.n_det, info.n_det, cpu_threads(cfg.ncore))
+    threads = cpu_threads(cfg.ncore)
+    fixed = (fbp_workspace(info.n_angles, info.n_det, info.n_det, threads)
              + fbp_plan_bytes(info.n_angles, info.n_det))   # the plan is kept for the whole run
+    if cfg.refine:                                           # the refiner's projector, too
+        from tomodl.recon.projector import projector_bytes
+
+        fixed += projector_bytes(info.n_det, info.n_angles, threads=threads,
+                                 cuda=str(cfg.device).startswith("cuda"))
     scale = cfg.corrections.factor ** 2       # --binning: raw counts read per binned row
     sized = info if scale == 1 else replace(info, n_det=info.n_det * scale)
     return plan(sized, stop - start, n_grid=info.n_det, queue_depth=cfg.queue_depth,
                 budget=total, fixed=fixed, denoised=spec is not None,
                 nsino_per_chunk=cfg.nsino_per_chunk,
-                denoiser=None if spec is None else spec.memory)
+                denoiser=None if spec is None else spec.memory, refined=bool(cfg.refine))
 
 
 def plan_chunks(info, cfg: ReconConfig, rows: Optional[int] = None) -> List[Rows]:
