@@ -156,6 +156,12 @@ def test_refinement_is_in_the_budget():
         + budget.REFINE_BYTES_PER_SINO_PIXEL * 29 * 37
     assert projector_bytes(29, 37) == 29 * 29 * 37 * SPARSE_PEAK_BYTES
     assert choose_backend("auto", 4096 ** 2 * 1500) == "grid"
+    from unittest import mock
+
+    with mock.patch("tomodl.models.memory.available_ram", return_value=2**20):
+        assert choose_backend("auto", 29 * 29 * 37) == "grid"   # its build would not fit
+        assert choose_backend("auto", 29 * 29 * 37, cuda=True) == "sparse"
+        assert projector_bytes(29, 37) == projector_bytes(29, 37, backend="grid")
     assert projector_bytes(4096, 1500, threads=2) < 2**28          # never the huge matrices
     assert ParallelProjector(29, np.linspace(0, np.pi, 37), 29).backend == \
         choose_backend("auto", 29 * 29 * 37)

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 #: Kernels of :class:`ParallelProjector` (the same operator; ``"auto"`` picks ``"sparse"``
 #: when its matrices fit in :data:`SPARSE_BYTES`).
 BACKENDS = {
-    "auto": "sparse when it fits in SPARSE_BYTES, else grid",
+    "auto": "sparse when it fits in SPARSE_BYTES (and its build in RAM / 4), else grid",
     "sparse": "CSR matrices of A and A^T, built once per centre (fast, 16 bytes/nonzero)",
     "grid": "matrix-free: footprint weights per angle block, index_add (A) and gather (A^T)",
 }
@@ -196,7 +196,7 @@ class ParallelProjector:
         self._weights_cache: dict = {}
         self._mats: dict = {}
         per_pixel = len(uniq) * self.n_angles * self.n * self.n
-        self.backend = choose_backend(backend, per_pixel)
+        self.backend = choose_backend(backend, per_pixel, self.device.type == "cuda")
         self._cache = (self.backend == "grid"
                        and per_pixel * (4 + 3 * self._itemsize()) <= GRID_CACHE_BYTES)
 
@@ -489,13 +489,20 @@ def _functions():
     return Forward, Adjoint
 
 
-def choose_backend(backend: str, pixel_angles: int) -> str:
+def choose_backend(backend: str, pixel_angles: int, cuda: bool = False) -> str:
     """``backend`` with ``"auto"`` resolved for ``pixel_angles`` (pixels x angles x centres):
-    ``"sparse"`` when its matrices (48 bytes each) fit in :data:`SPARSE_BYTES`."""
+    ``"sparse"`` when its matrices (48 bytes each) fit in :data:`SPARSE_BYTES` and, on the CPU,
+    their build peak (:data:`SPARSE_PEAK_BYTES` each) in a quarter of the available RAM (both
+    backends compute the same operator, to float rounding)."""
     if backend not in BACKENDS:
         raise TomodlError(f"Unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "auto":
-        return "sparse" if pixel_angles * 48 <= SPARSE_BYTES else "grid"
+        fits = pixel_angles * 48 <= SPARSE_BYTES
+        if fits and not cuda:
+            from tomodl.models.memory import available_ram
+
+            fits = pixel_angles * SPARSE_PEAK_BYTES <= available_ram() // 4
+        return "sparse" if fits else "grid"
     return backend
 
 
@@ -507,7 +514,7 @@ def projector_bytes(n: int, n_angles: int, n_centers: int = 1, *, threads: int =
     the grid kernels' cached weights and four blocks of temporaries per thread (weights,
     indices, gathered values; measured 72 MiB at 512 px x 180 angles on one thread)."""
     pixel_angles = int(n_centers) * int(n_angles) * int(n) ** 2
-    if choose_backend(backend, pixel_angles) == "sparse":
+    if choose_backend(backend, pixel_angles, cuda) == "sparse":
         return pixel_angles * SPARSE_PEAK_BYTES
     cache = pixel_angles * 16 if pixel_angles * 16 <= GRID_CACHE_BYTES else 0
     return cache + 4 * max(1, int(threads)) * (BLOCK_BYTES if cuda else CPU_BLOCK_BYTES)
