@@ -23,8 +23,10 @@ For every case the script runs, on one slice, and times:
 TV and the refinement share one projector per case, built before the timing starts (its build,
 once per scan geometry, is ``build_s`` in the CSV).
 Cases: (a) the tooth (``../shared/data/tooth.h5`` row 0, every 4th/10th/20th of 181 angles),
-scored against tomodl's full-angle FBP of all 181 angles; (b) the held-out pixel phantoms of
-:mod:`tomodl.sim.textures` (never used in training), ``--seeds`` each, ``--size`` px, at
+scored against tomodl's full-angle FBP of all 181 angles; (b) the pixel phantoms of
+:mod:`tomodl.sim.textures` (fibre_network and low_contrast never used in training; the
+default of 2026-12-02 was fine-tuned on the other four families, with phantoms drawn from
+other seeds), ``--seeds`` each, ``--size`` px, at
 90/36/18 angles over 180 degrees, projected on a 3x finer grid with Poisson noise (no inverse
 crime), scored against the truth.  PSNR and SSIM (``tomodl.metrics``) inside the circle of
 radius 0.45 N, ``data_range`` = max - min of the reference in that circle (the protocol of
