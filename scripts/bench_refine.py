@@ -230,13 +230,23 @@ def run_methods(case: Case, args, tools) -> List[dict]:
                      note="fallback (FBP kept)" if np.array_equal(net, fbp) else ""))
     batch = tv_batch(tv, args)
     for n_it, variant in (refine_methods(args) if refine is not None else []):
+        kw = variant_kwargs(variant)
+        rounds = kw.pop("rounds", 1)
+        stack = np.repeat(case.sino[:, None, :], batch, 1)
         t0 = time.perf_counter()
-        img = np.asarray(refine(np.repeat(net[None], batch, 0),
-                                np.repeat(case.sino[:, None, :], batch, 1), case.theta,
-                                case.center, iterations=n_it, projector=proj,
-                                **variant_kwargs(variant)))[0]
-        t = (time.perf_counter() - t0) / batch
-        rows.append(dict(method=refine_label(n_it, variant), img=img, time_s=t_net + t))
+        if rounds > 1:      # the whole pipeline (FBP, network, rounds) on the batch
+            import tomodl
+
+            img = np.asarray(tomodl.recon(stack, case.theta, case.center,
+                                          algorithm="fbp+resattunet", filter_name="shepp",
+                                          model=args.model, refine=n_it,
+                                          refine_rounds=rounds))[0]
+            t = (time.perf_counter() - t0) / batch
+        else:
+            img = np.asarray(refine(np.repeat(net[None], batch, 0), stack, case.theta,
+                                    case.center, iterations=n_it, projector=proj, **kw))[0]
+            t = t_net + (time.perf_counter() - t0) / batch
+        rows.append(dict(method=refine_label(n_it, variant), img=img, time_s=t))
     if tv is not None and args.tv_weights:
         rows.extend(tv_rows(tv, case, args, proj))
     for r in rows:
@@ -254,13 +264,18 @@ def refine_label(n_it: int, variant: str) -> str:
 
 
 def variant_kwargs(variant: str) -> dict:
-    """``"prior=1,nonneg=0"`` -> ``{"prior": 1.0, "nonneg": False}`` (``""``: the defaults)."""
+    """``"prior=1,nonneg=0"`` -> ``{"prior": 1.0, "nonneg": False}`` (``""``: the defaults);
+    ``rounds=R`` (network passes, through ``tomodl.recon``) takes no other key."""
     kw = {}
     for item in filter(None, variant.split(",")):
         key, _, value = item.partition("=")
-        if key not in ("prior", "weight", "nonneg"):
-            raise SystemExit(f"--refine-variants: unknown key {key!r} (prior, weight, nonneg)")
-        kw[key] = bool(int(value)) if key == "nonneg" else float(value)
+        if key not in ("prior", "weight", "nonneg", "rounds"):
+            raise SystemExit(f"--refine-variants: unknown key {key!r} (prior, weight, nonneg, "
+                             "rounds)")
+        kw[key] = (bool(int(value)) if key == "nonneg" else int(value) if key == "rounds"
+                   else float(value))
+    if kw.get("rounds", 1) > 1 and len(kw) > 1:
+        raise SystemExit("--refine-variants: rounds=R cannot be combined with other keys")
     return kw
 
 

@@ -93,6 +93,38 @@ def test_refine_keeps_absorption_nonnegative_unless_told(scan):
         RefineSettings(iterations=5, nonneg="no")
 
 
+def test_refine_rounds_apply_the_network_to_the_residual_image(scan):
+    """rounds=2: the network sees ``x + FBP(y - A x)`` of the first refinement, and the second
+    refinement starts from its output; the record says so; bad values are one error."""
+    from tomodl.recon.refine import Refiner
+
+    truth, sino, _, net = scan
+    seen = []
+
+    def network(z):                                  # the identity, recording its inputs
+        seen.append(np.asarray(z).copy())
+        return z
+
+    def reconstruct(r):
+        return fbp(r, THETA, N / 2)
+
+    sinos = np.swapaxes(sino, 0, 1)
+    one = Refiner(RefineSettings(iterations=20), THETA)(net, sinos, N / 2)
+    two = Refiner(RefineSettings(iterations=20, rounds=2), THETA)(
+        net, sinos, N / 2, denoise=network, reconstruct=reconstruct)
+    assert len(seen) == 1
+    projector = projector_for(N, THETA, N, np.array([N / 2]), torch.device("cpu"))
+    with torch.no_grad():
+        resid = torch.as_tensor(sinos) - projector.forward(torch.as_tensor(one))
+    np.testing.assert_allclose(seen[0], one + np.asarray(reconstruct(resid)), atol=1e-5)
+    assert err(two[0], truth) < err(one[0], truth)
+    assert RefineSettings(iterations=5, rounds=2).provenance()["rounds"] == 2
+    with pytest.raises(TomodlError, match="rounds"):
+        RefineSettings(iterations=5, rounds=0)
+    with pytest.raises(TomodlError, match="rounds > 1 need"):
+        Refiner(RefineSettings(iterations=5, rounds=2), THETA)(net, sinos, N / 2)
+
+
 def test_refine_is_scale_free(scan):
     """Weights are relative: scaling data and image by c scales the result by c."""
     _, sino, _, net = scan
@@ -137,6 +169,8 @@ def test_recon_refine_wiring(scan):
         tomodl.recon(sino, THETA, algorithm="fbp", refine=3)
     with pytest.raises(ValueError, match="refine=N"):
         tomodl.recon(sino, THETA, algorithm="fbp", refine_nonneg=False)
+    with pytest.raises(ValueError, match="refine=N"):
+        tomodl.recon(sino, THETA, algorithm="fbp+unet", refine_rounds=2)
 
 
 def test_recon_refine_with_a_model(scan, tmp_path):
@@ -152,6 +186,8 @@ def test_recon_refine_with_a_model(scan, tmp_path):
     np.testing.assert_array_equal(tomodl.recon(sino, THETA, refine=0, **kw), net)
     refined = tomodl.recon(sino, THETA, refine=20, **kw)
     assert err(refined[0], truth) < err(net[0], truth)
+    twice = tomodl.recon(sino, THETA, refine=20, refine_rounds=2, **kw)
+    assert np.isfinite(twice).all() and not np.allclose(twice, refined)
 
 
 @pytest.mark.gpu
@@ -195,6 +231,14 @@ def test_cli_refine_runs_the_pipeline_and_records_it(tmp_path):
     assert outs[0][1]["refine"] is None
     assert outs[10][1]["refine"]["iterations"] == 10
     assert outs[10][1]["refine"]["nonneg"] is True
+    assert outs[10][1]["refine"]["rounds"] == 1
+    out = tmp_path / "r2.h5"
+    res = CliRunner().invoke(main, base + ["--refine", "10", "--refine-rounds", "2",
+                                           "--out-path", str(out)])
+    assert res.exit_code == 0, res.output + res.stderr
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["provenance"])["refine"]["rounds"] == 2
+        assert not np.allclose(f["/exchange/data"][()], outs[10][0])
     assert not np.allclose(outs[0][0], outs[10][0])
     out = tmp_path / "signed.h5"
     res = CliRunner().invoke(main, base + ["--refine", "10", "--refine-allow-negative",

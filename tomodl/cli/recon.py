@@ -129,6 +129,11 @@ def _raise_verbosity(verbose: int) -> None:
               metavar="N",
               help="Refine the network's output against the measured projections with N "
                    "iterations (fbp+<model>; 0 = off; see docs/refine.md).")
+@click.option("--refine-rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="R",
+              help="Network passes of the refinement: 2 applies the network again to the "
+                   "refined image plus the FBP of its data residual, then refines again "
+                   "(better at 36 projections and fewer, twice the time; docs/refine.md).")
 @click.option("--refine-allow-negative", is_flag=True, default=False,
               help="Let the refined images take negative values (default: kept >= 0, as "
                    "absorption is; use for data with real negative values, such as "
@@ -158,7 +163,8 @@ def _raise_verbosity(verbose: int) -> None:
 def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_search_width,
           center_search_step, start_row, end_row, nsino_per_chunk, max_memory, fbp_filter,
           save_format, out_path, overwrite, resume, workers, scheduler, algorithm, model, sparse,
-          dtype, batch_size, refine, refine_allow_negative, device, ncore, progress, preview,
+          dtype, batch_size, refine, refine_rounds, refine_allow_negative, device, ncore,
+          progress, preview,
           check, check_rows, verbose,
           **corrections):
     """Reconstruct SCAN (DXchange or NeXus NXtomo HDF5), chunk by chunk.
@@ -180,7 +186,7 @@ def recon(scan: Path, rotation_axis, center_method, reconstruction_type, center_
         save_format=save_format, out_path=out_path, overwrite=overwrite,
         resume="auto" if resume is None else resume, workers=workers, scheduler=scheduler,
         model=model, sparse=sparse, batch_size=batch_size, dtype=dtype, refine=refine,
-        refine_nonneg=not refine_allow_negative,
+        refine_nonneg=not refine_allow_negative, refine_rounds=refine_rounds,
         device=device, ncore=ncore,
         progress=progress, corrections=corrections_from(corrections), preview=preview,
         check=check, check_rows=parse_rows(check_rows),

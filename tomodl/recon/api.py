@@ -259,7 +259,8 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         and ``refine`` (``N`` iterations refining the network's output against the measured
         projections, 0 = off; :mod:`tomodl.recon.refine`, ``docs/refine.md``) with
         ``refine_nonneg`` (default True: the refined images stay non-negative; False for data
-        with real negative values, such as propagation fringes without phase retrieval).
+        with real negative values, such as propagation fringes without phase retrieval) and
+        ``refine_rounds`` (network passes, default 1; 2 adds a plug-and-play round).
 
     Returns
     -------
@@ -288,7 +289,8 @@ def recon(tomo, theta, center=None, sinogram_order: bool = False,
         return _recon_callable(algorithm, sinos, centers, th, n, rows, ncore,
                                dict(kwargs, filter_name=filter_name), device)
     alg = parse_algorithm(algorithm)
-    refiner = _refiner(alg, kwargs.pop("refine", 0), kwargs.pop("refine_nonneg", True), th)
+    refiner = _refiner(alg, th, kwargs.pop("refine", 0), nonneg=kwargs.pop("refine_nonneg", True),
+                       rounds=kwargs.pop("refine_rounds", 1))
     fbp_kw, model_kw = _split_kwargs(alg, kwargs)
     step = load_model_step(alg, model_kw, filter_name, th, device=device, n_grid=n)
     return _recon_chunks(sinos, th, centers, n, rows, step,
@@ -313,15 +315,15 @@ def _bound(step, fbp_kw):
     return lambda rec: step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
 
 
-def _refiner(alg: Algorithm, refine, nonneg, theta):
+def _refiner(alg: Algorithm, theta, refine, *, nonneg, rounds):
     """The :class:`~tomodl.recon.refine.Refiner` of ``refine=N`` (None when 0)."""
     from tomodl.recon.refine import Refiner, RefineSettings
 
-    settings = RefineSettings(iterations=refine, nonneg=nonneg)
+    settings = RefineSettings(iterations=refine, nonneg=nonneg, rounds=rounds)
     if not settings.iterations:
-        if nonneg is False:
-            raise TomodlError("refine_nonneg=False only changes the refinement",
-                              fix="add refine=N or drop refine_nonneg")
+        if nonneg is False or rounds != 1:
+            raise TomodlError("refine_nonneg=False and refine_rounds only change the refinement",
+                              fix="add refine=N or drop them")
         return None
     if alg.model is None:
         raise TomodlError(f"refine={refine} refines a network's output against the data; it "
@@ -345,8 +347,10 @@ def _recon_chunks(sinos, theta, centers, n, rows, step, fbp_kw, refiner=None):
         if step is not None:
             rec = step(rec, device=fbp_kw["device"], ncore=fbp_kw["ncore"])
         if refiner is not None:
-            rec = refiner(rec, sinos[r0:r1], centers[r0:r1], device=fbp_kw["device"],
-                          ncore=fbp_kw["ncore"], denoise=_bound(step, fbp_kw))
+            cs = centers[r0:r1]
+            rec = refiner(rec, sinos[r0:r1], cs, device=fbp_kw["device"],
+                          ncore=fbp_kw["ncore"], denoise=_bound(step, fbp_kw),
+                          reconstruct=lambda r, cs=cs: fbp(r, theta, cs, num_gridx=n, **fbp_kw))
         if out is not None:
             out[r0:r1] = np.asarray(rec)
         else:

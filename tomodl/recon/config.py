@@ -72,6 +72,9 @@ class ReconConfig:
     refine_nonneg : bool
         Keep the refined images non-negative (absorption data; default True).  False for data
         with real negative values (propagation fringes without phase retrieval).
+    refine_rounds : int
+        Network passes of the refinement (default 1; 2 = one plug-and-play round more:
+        :class:`tomodl.recon.refine.RefineSettings`).
     sparse : int, optional
         The scan is 1 in ``sparse`` angles of a full scan: without ``model``, use the shipped
         weights trained for that factor (default: chosen by the projections per half turn).
@@ -122,6 +125,7 @@ class ReconConfig:
     dtype: Optional[str] = None
     refine: int = 0
     refine_nonneg: bool = True
+    refine_rounds: int = 1
     device: str = "auto"
     ncore: Optional[int] = None
     progress: bool = True
@@ -172,10 +176,12 @@ class ReconConfig:
         (checks them: ``refine_nonneg=False`` without ``refine`` is refused)."""
         from tomodl.recon.refine import RefineSettings
 
-        if self.refine_nonneg is False and not self.refine:
-            raise ValueError("refine_nonneg=False (--refine-allow-negative) only changes the "
-                             "refinement; add refine=N (--refine N) or drop it")
-        return RefineSettings(iterations=self.refine, nonneg=self.refine_nonneg)
+        if (self.refine_nonneg is False or self.refine_rounds != 1) and not self.refine:
+            raise ValueError("refine_nonneg=False (--refine-allow-negative) and refine_rounds "
+                             "(--refine-rounds) only change the refinement; add refine=N "
+                             "(--refine N) or drop them")
+        return RefineSettings(iterations=self.refine, nonneg=self.refine_nonneg,
+                              rounds=self.refine_rounds)
 
     def _check_try_range(self) -> None:
         from tomodl.recon.center import MAX_TRIAL_CENTERS

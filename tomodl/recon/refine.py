@@ -51,6 +51,10 @@ REFINE_WEIGHT_SCALE = 0.05
 #: ``nonneg=False`` (``--refine-allow-negative``) for data with real negative values, such as
 #: propagation fringes without phase retrieval or offsets from a poor flat field.
 REFINE_NONNEG = True
+#: Network passes of a refinement: 1 = the network once, then the solver; ``R > 1`` repeats
+#: ``x <- refine(net(x + FBP(y - A x)))`` (a plug-and-play round: the network sees an FBP-like
+#: image whose streaks come from what the refined image still misses; docs/refine.md).
+REFINE_ROUNDS = 1
 #: ``(prior, weight)`` pairs that :func:`select_weights` chooses among, with held-out angles
 #: (one in ``HOLDOUT_EVERY``) and iterations per candidate.
 CANDIDATES = ((0.3, 0.03), (1.0, 0.1), (3.0, 0.03), (3.0, 0.1), (10.0, 0.03), (10.0, 0.1))
@@ -458,12 +462,16 @@ class RefineSettings:
         Relative proximity and TV weights (:func:`refine`).
     nonneg : bool
         Constrain the result to be non-negative (:data:`REFINE_NONNEG`).
+    rounds : int
+        Network passes (:data:`REFINE_ROUNDS`); each round after the first applies the
+        network again to the refined image plus the FBP of its data residual, then refines.
     """
 
     iterations: int = 0
     prior: Any = REFINE_PRIOR
     weight: Any = REFINE_WEIGHT
     nonneg: bool = REFINE_NONNEG
+    rounds: int = REFINE_ROUNDS
 
     def __post_init__(self) -> None:
         it = self.iterations
@@ -471,6 +479,9 @@ class RefineSettings:
             raise TomodlError(f"refine must be a number of iterations >= 0 (0 = off), got {it!r}")
         if not isinstance(self.nonneg, (bool, np.bool_)):
             raise TomodlError(f"refine nonneg must be True or False, got {self.nonneg!r}")
+        r = self.rounds
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise TomodlError(f"refine rounds must be a number of network passes >= 1, got {r!r}")
         for name in ("prior", "weight"):
             v = getattr(self, name)
             if v is None and name == "weight":
@@ -487,7 +498,8 @@ class RefineSettings:
         if weight is None:
             weight = f"{REFINE_WEIGHT_SCALE:g} * sqrt(pi N / (2 n_angles))"
         return {"iterations": int(self.iterations), "prior": self.prior, "weight": weight,
-                "nonneg": self.nonneg, "method": "preconditioned primal-dual, LS + prior + TV"}
+                "nonneg": self.nonneg, "rounds": int(self.rounds),
+                "method": "preconditioned primal-dual, LS + prior + TV"}
 
 
 class Refiner:
@@ -499,9 +511,12 @@ class Refiner:
         self._projectors: dict = {}
         self.chosen: Optional[tuple] = None
 
-    def __call__(self, rec, sinos, centers, *, device="auto", ncore=None, denoise=None):
+    def __call__(self, rec, sinos, centers, *, device="auto", ncore=None, denoise=None,
+                 reconstruct=None):
         """Refine ``rec (rows, N, N)`` against ``sinos (rows, n_angles, n_det)`` (any kind);
-        ``denoise``: the network step that made ``rec`` (for the unbiased held-out check)."""
+        ``denoise``: the network step that made ``rec`` (for the unbiased held-out check and
+        the later rounds); ``reconstruct``: the run's FBP of sinograms ``(rows, n_angles,
+        n_det)`` (needed with ``rounds > 1``)."""
         s = self.settings
         if not s.iterations:
             return rec
@@ -518,9 +533,31 @@ class Refiner:
         prior, weight = self.chosen or (s.prior, s.weight)
         if prior == "auto" or weight == "auto":   # chosen once per run, on its first chunk
             prior, weight = self.choose(rec, sinos, c, dev, denoise)
-        return refine(rec, sinos, self.theta, c, s.iterations, prior=prior, weight=weight,
-                      nonneg=s.nonneg, sinogram_order=True, device=dev, ncore=ncore,
-                      projector=proj)
+        def solve_once(x):
+            return refine(x, sinos, self.theta, c, s.iterations, prior=prior, weight=weight,
+                          nonneg=s.nonneg, sinogram_order=True, device=dev, ncore=ncore,
+                          projector=proj)
+
+        x = solve_once(rec)
+        if s.rounds > 1 and (denoise is None or reconstruct is None):
+            raise TomodlError("refine rounds > 1 need the network and the FBP of the run")
+        for _ in range(s.rounds - 1):
+            x = solve_once(denoise(self.residual_image(x, sinos, proj, dev, reconstruct)))
+        return x
+
+    @staticmethod
+    def residual_image(x, sinos, proj, device, reconstruct):
+        """``x + FBP(y - A x)`` in ``x``'s array kind: the network's input of the next round."""
+        import torch
+
+        from tomodl.backend import to_tensor
+
+        xt, back = to_tensor(x, device)
+        yt, _ = to_tensor(sinos, device)
+        with torch.no_grad():
+            resid = yt - proj.forward(xt)
+        img, _ = to_tensor(reconstruct(resid), device)
+        return back(xt + img)
 
     def choose(self, rec, sinos, centers, device, denoise=None):
         """Run :func:`select_weights` on the middle row of ``rec``; remember the choice."""

@@ -193,7 +193,10 @@ def reconstruct_chunk(proj: np.ndarray, theta: np.ndarray, center: float, cfg: R
             refiner = (_refiner(cfg, theta) if plans is None
                        else plans.refiner(cfg, theta))
             rec = refiner(rec, np.swapaxes(proj, 0, 1), center, device=cfg.device,
-                          ncore=cfg.ncore, denoise=denoise)
+                          ncore=cfg.ncore, denoise=denoise,
+                          reconstruct=lambda r: fbp(r, theta, center, filter_name=cfg.filter_name,
+                                                    device=cfg.device, ncore=cfg.ncore,
+                                                    plan=plan))
     return np.asarray(rec, dtype=np.float32)
 
 
