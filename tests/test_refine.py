@@ -9,8 +9,8 @@ import pytest
 from tomodl.errors import TomodlError
 from tomodl.recon.fbp import fbp
 from tomodl.recon.geometry import image_coordinates
-from tomodl.recon.refine import (RefineSettings, absolute_weights, projector_for, refine, solve,
-                                 tv_reconstruct)
+from tomodl.recon.refine import absolute_weights, projector_for, refine, solve, tv_reconstruct
+from tomodl.recon.refiner import RefineSettings
 from tomodl.sim.analytic import ellipse_sinogram, rasterize_ellipses
 
 torch = pytest.importorskip("torch")
@@ -96,7 +96,7 @@ def test_refine_keeps_absorption_nonnegative_unless_told(scan):
 def test_refine_rounds_apply_the_network_to_the_residual_image(scan):
     """rounds=2: the network sees ``x + FBP(y - A x)`` of the first refinement, and the second
     refinement starts from its output; the record says so; bad values are one error."""
-    from tomodl.recon.refine import Refiner
+    from tomodl.recon.refiner import Refiner
 
     truth, sino, _, net = scan
     seen = []

@@ -316,8 +316,8 @@ def _bound(step, fbp_kw):
 
 
 def _refiner(alg: Algorithm, theta, refine, *, nonneg, rounds):
-    """The :class:`~tomodl.recon.refine.Refiner` of ``refine=N`` (None when 0)."""
-    from tomodl.recon.refine import Refiner, RefineSettings
+    """The :class:`~tomodl.recon.refiner.Refiner` of ``refine=N`` (None when 0)."""
+    from tomodl.recon.refiner import Refiner, RefineSettings
 
     settings = RefineSettings(iterations=refine, nonneg=nonneg, rounds=rounds)
     if not settings.iterations:

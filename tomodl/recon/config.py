@@ -74,7 +74,7 @@ class ReconConfig:
         with real negative values (propagation fringes without phase retrieval).
     refine_rounds : int
         Network passes of the refinement (default 1; 2 = one plug-and-play round more:
-        :class:`tomodl.recon.refine.RefineSettings`).
+        :class:`tomodl.recon.refiner.RefineSettings`).
     sparse : int, optional
         The scan is 1 in ``sparse`` angles of a full scan: without ``model``, use the shipped
         weights trained for that factor (default: chosen by the projections per half turn).
@@ -172,9 +172,9 @@ class ReconConfig:
                              "existing one), not both")
 
     def refine_settings(self):
-        """The :class:`tomodl.recon.refine.RefineSettings` of ``refine`` and ``refine_nonneg``
+        """The :class:`tomodl.recon.refiner.RefineSettings` of ``refine`` and ``refine_nonneg``
         (checks them: ``refine_nonneg=False`` without ``refine`` is refused)."""
-        from tomodl.recon.refine import RefineSettings
+        from tomodl.recon.refiner import RefineSettings
 
         if (self.refine_nonneg is False or self.refine_rounds != 1) and not self.refine:
             raise ValueError("refine_nonneg=False (--refine-allow-negative) and refine_rounds "

@@ -152,7 +152,7 @@ class RunCache:
             return self._plans[key]
 
     def refiner(self, cfg: ReconConfig, theta: np.ndarray) -> Any:
-        """The run's :class:`tomodl.recon.refine.Refiner` for ``cfg`` and ``theta``."""
+        """The run's :class:`tomodl.recon.refiner.Refiner` for ``cfg`` and ``theta``."""
         th = np.asarray(theta, np.float64)
         settings = cfg.refine_settings()
         key = (settings, th.tobytes())
@@ -163,7 +163,7 @@ class RunCache:
 
 
 def _refiner(cfg: ReconConfig, theta: np.ndarray) -> Any:
-    from tomodl.recon.refine import Refiner
+    from tomodl.recon.refiner import Refiner
 
     return Refiner(cfg.refine_settings(), np.asarray(theta, np.float64))
 
