@@ -149,9 +149,9 @@ def caution(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> Optional
         return None
     return (f"{n_angles:.0f} projections per half turn: the {cfg.arch} output improves PSNR and "
             f"SSIM over the FBP but was seen to invent pore-like features below {below} "
-            f"projections (docs/results.md); refine it against the data (--refine 60, "
-            f"docs/refine.md) and compare with --algorithm fbp before measuring small "
-            f"structures")
+            f"projections (docs/results.md); refine it against the data (--refine 60 "
+            f"--refine-rounds 2, docs/refine.md) and compare with --algorithm fbp before "
+            f"measuring small structures")
 
 
 def screen(cfg: Optional[WeightsConfig], n_angles: Optional[float]) -> Optional[str]:
