@@ -151,11 +151,12 @@ def timed(fn: Callable[..., np.ndarray], *args, **kw):
     return out.reshape(out.shape[-2:]), time.perf_counter() - t0
 
 
-def recon(case: Case, algorithm: str, **kw) -> np.ndarray:
-    """``tomodl.recon`` of the case's one slice."""
+def recon(case: Case, algorithm: str, copies: int = 1, **kw) -> np.ndarray:
+    """``tomodl.recon`` of the case's one slice (run on ``copies`` identical rows)."""
     import tomodl
 
-    return tomodl.recon(case.sino[:, None, :], case.theta, case.center, algorithm=algorithm,
+    stack = np.repeat(case.sino[:, None, :], copies, axis=1)
+    return tomodl.recon(stack, case.theta, case.center, algorithm=algorithm,
                         filter_name="shepp", **kw)[0]
 
 
@@ -232,18 +233,14 @@ def run_methods(case: Case, args, tools) -> List[dict]:
     for n_it, variant in (refine_methods(args) if refine is not None else []):
         kw = variant_kwargs(variant)
         rounds = kw.pop("rounds", 1)
-        stack = np.repeat(case.sino[:, None, :], batch, 1)
         t0 = time.perf_counter()
         if rounds > 1:      # the whole pipeline (FBP, network, rounds) on the batch
-            import tomodl
-
-            img = np.asarray(tomodl.recon(stack, case.theta, case.center,
-                                          algorithm="fbp+resattunet", filter_name="shepp",
-                                          model=args.model, refine=n_it,
-                                          refine_rounds=rounds))[0]
+            img = np.asarray(recon(case, "fbp+resattunet", batch, model=args.model,
+                                   refine=n_it, refine_rounds=rounds))
             t = (time.perf_counter() - t0) / batch
         else:
-            img = np.asarray(refine(np.repeat(net[None], batch, 0), stack, case.theta,
+            img = np.asarray(refine(np.repeat(net[None], batch, 0),
+                                    np.repeat(case.sino[:, None, :], batch, 1), case.theta,
                                     case.center, iterations=n_it, projector=proj, **kw))[0]
             t = t_net + (time.perf_counter() - t0) / batch
         rows.append(dict(method=refine_label(n_it, variant), img=img, time_s=t))
@@ -279,9 +276,14 @@ def variant_kwargs(variant: str) -> dict:
     return kw
 
 
+def tv_fixed_weight(tv: Callable, args) -> Optional[float]:
+    """The ``tv fixed`` row's weight: ``--tv-fixed`` or the solver's default."""
+    return args.tv_fixed if args.tv_fixed is not None else tv_default_weight(tv)
+
+
 def tv_weights(tv: Callable, args) -> List[float]:
     """The TV weights of one case's batch: the grid and the fixed weight."""
-    fixed = args.tv_fixed if args.tv_fixed is not None else tv_default_weight(tv)
+    fixed = tv_fixed_weight(tv, args)
     return sorted(set(args.tv_weights) | ({fixed} if fixed is not None else set()))
 
 
@@ -295,7 +297,7 @@ def tv_rows(tv: Callable, case: Case, args, projector=None) -> List[dict]:
     """``tv oracle`` (best PSNR over the weight grid) and ``tv fixed`` rows."""
     from tomodl.metrics import psnr
 
-    fixed = args.tv_fixed if args.tv_fixed is not None else tv_default_weight(tv)
+    fixed = tv_fixed_weight(tv, args)
     weights = tv_weights(tv, args)
     t0 = time.perf_counter()
     imgs = run_tv(tv, case, weights, args.tv_iters, projector)

@@ -321,9 +321,6 @@ def _refiner(alg: Algorithm, theta, refine, *, nonneg, rounds):
 
     settings = RefineSettings(iterations=refine, nonneg=nonneg, rounds=rounds)
     if not settings.iterations:
-        if nonneg is False or rounds != 1:
-            raise TomodlError("refine_nonneg=False and refine_rounds only change the refinement",
-                              fix="add refine=N or drop them")
         return None
     if alg.model is None:
         raise TomodlError(f"refine={refine} refines a network's output against the data; it "

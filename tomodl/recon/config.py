@@ -172,14 +172,10 @@ class ReconConfig:
                              "existing one), not both")
 
     def refine_settings(self):
-        """The :class:`tomodl.recon.refiner.RefineSettings` of ``refine`` and ``refine_nonneg``
-        (checks them: ``refine_nonneg=False`` without ``refine`` is refused)."""
+        """The :class:`tomodl.recon.refiner.RefineSettings` of ``refine``, ``refine_nonneg`` and
+        ``refine_rounds`` (which checks them)."""
         from tomodl.recon.refiner import RefineSettings
 
-        if (self.refine_nonneg is False or self.refine_rounds != 1) and not self.refine:
-            raise ValueError("refine_nonneg=False (--refine-allow-negative) and refine_rounds "
-                             "(--refine-rounds) only change the refinement; add refine=N "
-                             "(--refine N) or drop them")
         return RefineSettings(iterations=self.refine, nonneg=self.refine_nonneg,
                               rounds=self.refine_rounds)
 

@@ -47,6 +47,12 @@ class RefineSettings:
         r = self.rounds
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
             raise TomodlError(f"refine rounds must be a number of network passes >= 1, got {r!r}")
+        if not it and (self.nonneg is False or r != 1):
+            raise TomodlError("refine_nonneg=False and refine_rounds (--refine-allow-negative, "
+                              "--refine-rounds) only change the refinement",
+                              fix="add refine=N or drop them",
+                              cli_fix="add --refine N or drop --refine-allow-negative and "
+                                      "--refine-rounds")
         for name in ("prior", "weight"):
             v = getattr(self, name)
             if v is None and name == "weight":
