@@ -94,3 +94,33 @@ def test_wide_config_warm_starts_from_the_shipped_default():
     state = warm_start_state(cfg)        # the shipped weights fit the config's network
     assert state and all(torch.isfinite(v).all() for v in state.values()
                          if v.is_floating_point())
+
+
+def test_stem_state_starts_as_the_full_resolution_network_at_half_resolution():
+    from tomodl.models.resattunet import ResAttUnet, stem_state
+
+    torch.manual_seed(0)
+    full = ResAttUnet(4, 3).eval()
+    torch.nn.init.normal_(full.head.weight, std=0.1)      # a non-zero correction
+    half = ResAttUnet(4, 3, stem=2).eval()
+    half.load_state_dict(stem_state(full.state_dict(), 2), strict=True)
+    d = torch.rand(1, 1, 12, 20, dtype=torch.float32)      # odd multiples of the stem
+    up = torch.nn.functional.interpolate(d, scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        want = torch.nn.functional.interpolate(full(d), scale_factor=2, mode="nearest")
+        assert torch.allclose(half(up), want, atol=1e-5)
+    with pytest.raises(ValueError, match="stem=1"):
+        stem_state(half.state_dict(), 2)
+
+
+def test_fast_config_warm_starts_across_the_stem(tmp_path):
+    from pathlib import Path
+
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "fast.toml"))
+    assert cfg.init == "resattunet" and dict(cfg.model_args)["stem"] == 2
+    state = warm_start_state(cfg)
+    assert tuple(state["down.0.conv1.0.weight"].shape[:2]) == (32, 4)
+    assert tuple(state["head.weight"].shape[:1]) == (4,)
+    with pytest.raises(ConfigError, match="init"):       # other arguments must still match
+        warm_start_state(from_mapping({"init": "resattunet", "arch": "resattunet",
+                                       "model_args": {"stem": 2, "base_filters": 24}}))

@@ -96,3 +96,39 @@ class ResAttUnet(EncoderDecoder):
         f = self.stem_in(h)
         g = F.pixel_shuffle(super()._body(F.pixel_unshuffle(f, self.stem)), self.stem)
         return self.stem_out(torch.cat([f, g], dim=1))
+
+
+def stem_state(state: "dict[str, torch.Tensor]", stem: int) -> "dict[str, torch.Tensor]":
+    """Carry the weights of a full-resolution ResAttUnet (``stem=1``) over to ``stem=s``.
+
+    A warm start for a faster network: every tensor keeps its shape except the first
+    convolution (1 input channel -> ``s**2`` sub-pixel cells) and the head (1 output -> ``s**2``
+    cells).  The first convolution's weights are spread evenly over the cells (the network
+    then sees the ``s x s``-averaged image) and the head is repeated for every cell (the
+    correction is put back by nearest-neighbour upsampling), so the ``stem=s`` network starts
+    as the ``stem=1`` one applied at ``1/s`` of the resolution, and training only has to adapt
+    it to the finer grid.  Only for ``stem_filters=0``.
+
+    Parameters
+    ----------
+    state : dict of str to torch.Tensor
+        ``state_dict()`` of a ``stem=1`` ResAttUnet.
+    stem : int
+        The target's ``stem`` (>= 1).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        A new state dict for ``ResAttUnet(stem=stem)`` with the same other arguments.
+    """
+    first, head_w, head_b = "down.0.conv1.0.weight", "head.weight", "head.bias"
+    if state[first].shape[1] != 1 or state[head_w].shape[0] != 1:
+        raise ValueError("stem_state needs the weights of a stem=1 ResAttUnet (1 input and "
+                         f"1 output channel), got {tuple(state[first].shape)} and "
+                         f"{tuple(state[head_w].shape)}")
+    cells = int(stem) ** 2
+    out = {k: v.clone() for k, v in state.items()}
+    out[first] = state[first].repeat(1, cells, 1, 1) / cells
+    out[head_w] = state[head_w].repeat(cells, 1, 1, 1)
+    out[head_b] = state[head_b].repeat(cells)
+    return out

@@ -130,7 +130,8 @@ def warm_start_state(cfg: TrainConfig) -> Dict[str, Any]:
 
     Loaded by :func:`tomodl.models.weights.load_weights` (safetensors, checked, never
     unpickled); :class:`ConfigError` unless their ``arch`` and full ``model_args`` equal the
-    config's.
+    config's, or the weights are a full-resolution ResAttUnet and the config the same network
+    with ``stem > 1`` (carried over by :func:`tomodl.models.resattunet.stem_state`).
     """
     from tomodl.errors import WeightsError
     from tomodl.models.checks import check_model_args
@@ -144,12 +145,28 @@ def warm_start_state(cfg: TrainConfig) -> Dict[str, Any]:
         raise ConfigError(f"config key 'init': {err}") from None
     want = check_model_args(cfg.arch, dict(cfg.model_args), "training config")
     have = check_model_args(wcfg.arch, dict(wcfg.model_args), source)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if _stem_warm_start(wcfg.arch, have, cfg.arch, want):
+        from tomodl.models.resattunet import stem_state
+
+        logger.info("warm start from %s (stem 1) carried over to stem %d", source, want["stem"])
+        return stem_state(state, want["stem"])
     if (wcfg.arch, have) != (cfg.arch, want):
         raise ConfigError(f"config key 'init': {source} holds {wcfg.arch!r} with {have}, the "
                           f"config trains {cfg.arch!r} with {want}; set arch and [model_args] "
                           "to the weights' (see their config.json) or init = \"\"")
     logger.info("warm start from %s (%s, %s)", source, wcfg.arch, wcfg.training_data)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state
+
+
+def _stem_warm_start(src_arch: str, have: Dict[str, Any], arch: str, want: Dict[str, Any]
+                     ) -> bool:
+    """Whether ``init`` is a full-resolution ResAttUnet and the config the same network with a
+    ``stem > 1`` (and no ``stem_filters``): :func:`tomodl.models.resattunet.stem_state`."""
+    same = {k: v for k, v in want.items() if k != "stem"} == \
+        {k: v for k, v in have.items() if k != "stem"}
+    return (src_arch == arch == "resattunet" and same and have.get("stem") == 1
+            and want.get("stem", 1) > 1 and not want.get("stem_filters"))
 
 
 def _build(cfg: TrainConfig, info: DistInfo, device, warm: Optional[Dict[str, Any]] = None
