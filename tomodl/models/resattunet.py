@@ -119,7 +119,8 @@ def stem_state(state: "dict[str, torch.Tensor]", stem: int) -> "dict[str, torch.
     Returns
     -------
     dict of str to torch.Tensor
-        A new state dict for ``ResAttUnet(stem=stem)`` with the same other arguments.
+        A new state dict for ``ResAttUnet(stem=stem)`` with the same other arguments (the
+        unchanged tensors are those of ``state``, not copies).
     """
     first, head_w, head_b = "down.0.conv1.0.weight", "head.weight", "head.bias"
     if state[first].shape[1] != 1 or state[head_w].shape[0] != 1:
@@ -127,7 +128,7 @@ def stem_state(state: "dict[str, torch.Tensor]", stem: int) -> "dict[str, torch.
                          f"1 output channel), got {tuple(state[first].shape)} and "
                          f"{tuple(state[head_w].shape)}")
     cells = int(stem) ** 2
-    out = {k: v.clone() for k, v in state.items()}
+    out = dict(state)          # the three replaced tensors are new; the rest are shared
     out[first] = state[first].repeat(1, cells, 1, 1) / cells
     out[head_w] = state[head_w].repeat(cells, 1, 1, 1)
     out[head_b] = state[head_b].repeat(cells)

@@ -165,8 +165,8 @@ def _stem_warm_start(src_arch: str, have: Dict[str, Any], arch: str, want: Dict[
     ``stem > 1`` (and no ``stem_filters``): :func:`tomodl.models.resattunet.stem_state`."""
     same = {k: v for k, v in want.items() if k != "stem"} == \
         {k: v for k, v in have.items() if k != "stem"}
-    return (src_arch == arch == "resattunet" and same and have.get("stem") == 1
-            and want.get("stem", 1) > 1 and not want.get("stem_filters"))
+    return (src_arch == arch == "resattunet" and same and have["stem"] == 1
+            and want["stem"] > 1 and not want["stem_filters"])
 
 
 def _build(cfg: TrainConfig, info: DistInfo, device, warm: Optional[Dict[str, Any]] = None
