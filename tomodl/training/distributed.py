@@ -57,12 +57,22 @@ def init(info: DistInfo, device: "torch.device") -> None:  # noqa: F821
     logger.info("rank %d/%d joined the %s process group", info.rank, info.world, backend)
 
 
-def shutdown() -> None:
-    """Leave the process group if one was joined."""
+def shutdown(sync: bool = True) -> None:
+    """Leave the process group if one was joined.
+
+    With ``sync`` (after a run that ended normally) every process first waits at a barrier,
+    so that no rank tears down gloo's connections while another still uses them (rank 0
+    writes the checkpoints after the others are done; without the barrier a rank that left
+    early could abort with "terminate called without an active exception").  After an error
+    the barrier is skipped: the other ranks may never reach it.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if sync:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(values: Sequence[float], device: "torch.device") -> list:  # noqa: F821

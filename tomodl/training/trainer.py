@@ -83,9 +83,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: Optional[bool] = 
     init(info, device)
     try:
         with torch_threads(cfg.threads or None):
-            return _run(cfg, info, device, resume, progress, warm)
-    finally:
-        shutdown()
+            result = _run(cfg, info, device, resume, progress, warm)
+    except BaseException:
+        shutdown(sync=False)
+        raise
+    shutdown()
+    return result
 
 
 def _device(cfg: TrainConfig, info: DistInfo):
