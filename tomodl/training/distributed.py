@@ -61,9 +61,9 @@ def shutdown(sync: bool = True) -> None:
     """Leave the process group if one was joined.
 
     With ``sync`` (after a run that ended normally) every process first waits at a barrier,
-    so that no rank tears down gloo's connections while another still uses them (rank 0
-    writes the checkpoints after the others are done; without the barrier a rank that left
-    early could abort with "terminate called without an active exception").  After an error
+    so that no rank tears down gloo's connections while another still uses them (only rank 0
+    writes files, so it finishes last; CI once saw the rank that left first abort with
+    "terminate called without an active exception").  After an error
     the barrier is skipped: the other ranks may never reach it.
     """
     import torch.distributed as dist
