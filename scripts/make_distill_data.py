@@ -28,7 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", type=Path, nargs="+", help="pairs files (tomodl simulate pairs)")
     ap.add_argument("--out-path", type=Path, required=True)
-    ap.add_argument("--teacher", default="resattunet", help="ResAttUnet release name or weights folder")
+    ap.add_argument("--teacher", default="resattunet",
+                    help="ResAttUnet release name or weights folder")
     ap.add_argument("--chunk", type=int, default=32, help="slices per denoise call")
     a = ap.parse_args()
 
