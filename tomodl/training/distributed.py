@@ -63,8 +63,8 @@ def shutdown(sync: bool = True) -> None:
     With ``sync`` (after a run that ended normally) every process first waits at a barrier,
     so that no rank tears down gloo's connections while another still uses them (only rank 0
     writes files, so it finishes last; CI once saw the rank that left first abort with
-    "terminate called without an active exception").  After an error
-    the barrier is skipped: the other ranks may never reach it.
+    "terminate called without an active exception").  After an error the barrier is
+    skipped: the other ranks may never reach it.
     """
     import torch.distributed as dist
 
